@@ -1,0 +1,163 @@
+"""tornws.registry: rooms, membership and fan-out, with no sockets."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from tornws.broker import Broker, Envelope
+from tornws.registry import Registry
+
+
+class Member:
+    """A member that records what it receives; ``on_deliver`` runs inside delivery."""
+
+    def __init__(self, name: str, on_deliver: Any = None) -> None:
+        self.name = name
+        self.received: list[object] = []
+        self.on_deliver = on_deliver
+
+    def deliver(self, envelope: Envelope) -> None:
+        self.received.append(envelope.payload)
+        if self.on_deliver is not None:
+            self.on_deliver(envelope)
+
+    def __repr__(self) -> str:
+        return f"<Member {self.name}>"
+
+
+def test_registry_join_leave_members() -> None:
+    """join adds once, leave removes once, members and rooms reflect both."""
+    registry = Registry()
+    a, b = Member("a"), Member("b")
+    assert registry.join("r", a) is True
+    assert registry.join("r", a) is False
+    registry.join("r", b)
+    registry.join("s", a)
+    assert set(registry.members("r")) == {a, b}
+    assert registry.rooms() == ["r", "s"]
+    assert registry.rooms_of(a) == {"r", "s"}
+    assert registry.leave("r", a) is True
+    assert registry.leave("r", a) is False
+    assert registry.members("r") == (b,)
+    assert registry.leave_all(a) == ["s"]
+    assert registry.rooms() == ["r"]
+    assert registry.members("nowhere") == ()
+
+
+def test_registry_publish_reaches_every_member_of_the_room_only() -> None:
+    """A message published to a room reaches its members, not other rooms'."""
+    registry = Registry()
+    a, b, c = Member("a"), Member("b"), Member("c")
+    registry.join("r", a)
+    registry.join("r", b)
+    registry.join("other", c)
+    registry.publish("r", "hello")
+    assert a.received == ["hello"]
+    assert b.received == ["hello"]
+    assert c.received == []
+
+
+def test_registry_failing_member_does_not_stop_delivery(caplog: pytest.LogCaptureFixture) -> None:
+    """A member that raises is logged and removed; every other member still receives."""
+    registry = Registry()
+
+    def explode(envelope: Envelope) -> None:
+        raise RuntimeError("boom")
+
+    members = [Member(f"m{i}") for i in range(5)]
+    bad = Member("bad", explode)
+    for member in [*members[:2], bad, *members[2:]]:
+        registry.join("r", member)
+    with caplog.at_level(logging.ERROR, logger="tornws.registry"):
+        registry.publish("r", 1)
+    assert all(m.received == [1] for m in members)
+    assert bad not in registry.members("r")
+    assert "boom" in caplog.text and "removed from the room" in caplog.text
+    registry.publish("r", 2)
+    assert all(m.received == [1, 2] for m in members)
+    assert bad.received == [1]
+
+
+def test_registry_member_vanishing_mid_broadcast() -> None:
+    """Members leaving and joining during a fan-out neither break it nor skip anyone."""
+    registry = Registry()
+    members = [Member(f"m{i}") for i in range(10)]
+    newcomer = Member("new")
+
+    def churn(envelope: Envelope) -> None:
+        for member in members[5:]:
+            registry.leave_all(member)
+        registry.join("r", newcomer)
+
+    members[0].on_deliver = churn
+    for member in members:
+        registry.join("r", member)
+    registry.publish("r", "x")  # delivered to the snapshot taken when it started
+    assert all(m.received == ["x"] for m in members)
+    registry.publish("r", "y")
+    assert set(registry.members("r")) == {*members[:5], newcomer}
+    assert all(m.received == ["x", "y"] for m in members[:5])
+    assert all(m.received == ["x"] for m in members[5:])
+    assert newcomer.received == ["y"]
+
+
+def test_registry_same_envelope_for_every_member() -> None:
+    """Fan-out hands one envelope object to all members (so one encoding serves all)."""
+    registry = Registry()
+    seen: list[Envelope] = []
+
+    class Recorder:
+        def deliver(self, envelope: Envelope) -> None:
+            seen.append(envelope)
+
+    for _ in range(50):
+        registry.join("r", Recorder())
+    registry.publish("r", "x")
+    assert len(seen) == 50
+    assert all(envelope is seen[0] for envelope in seen)
+
+
+def test_registry_subscribes_broker_to_rooms_with_local_members_only() -> None:
+    """The broker hears subscribe on a room's first member and unsubscribe on its last."""
+    calls: list[tuple[str, str]] = []
+
+    class Recording(Broker):
+        def publish(self, room: str, payload: object) -> None:
+            calls.append(("publish", room))
+
+        def subscribe(self, room: str) -> None:
+            calls.append(("subscribe", room))
+
+        def unsubscribe(self, room: str) -> None:
+            calls.append(("unsubscribe", room))
+
+    registry = Registry(Recording())
+    a, b = Member("a"), Member("b")
+    registry.join("r", a)
+    registry.join("r", b)
+    registry.publish("r", "x")
+    registry.leave("r", a)
+    registry.leave_all(b)
+    assert calls == [("subscribe", "r"), ("publish", "r"), ("unsubscribe", "r")]
+
+
+def test_registry_for_application_is_shared_and_checked() -> None:
+    """One registry per application, kept in its settings; a wrong object is refused."""
+
+    class App:
+        settings: dict[str, Any] = {}
+
+    first = Registry.for_application(App)
+    assert Registry.for_application(App) is first
+    App.settings = {"tornws.registry": "not a registry"}
+    with pytest.raises(TypeError, match="not a tornws Registry"):
+        Registry.for_application(App)
+
+
+def test_registry_guest_names_count_up() -> None:
+    """Generated names are guest-1, guest-2, … per registry."""
+    registry = Registry()
+    assert [registry.next_guest_name() for _ in range(3)] == ["guest-1", "guest-2", "guest-3"]

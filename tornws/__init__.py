@@ -1,0 +1,41 @@
+"""tornws: a WebSocket server framework on Tornado.
+
+Rooms and fan-out on a shared registry, subprotocol selection, a chat over
+``chat.json`` and plain ``chat``, and the ``tornws`` command (``serve``,
+``client``). Handlers are Tornado ``WebSocketHandler`` subclasses.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .app import add_routes, make_app, routes
+from .broker import Broker, Codec, Envelope, MemoryBroker
+from .exceptions import ConfigError, HandshakeError, TornwsError
+from .frames import CloseCode, Message
+from .handlers import BroadcastHandler, ChatHandler, EchoHandler, WebSocketHandler
+from .registry import Member, Registry
+from .server import serve
+
+__all__ = [
+    "BroadcastHandler",
+    "Broker",
+    "ChatHandler",
+    "CloseCode",
+    "Codec",
+    "ConfigError",
+    "EchoHandler",
+    "Envelope",
+    "HandshakeError",
+    "Member",
+    "MemoryBroker",
+    "Message",
+    "Registry",
+    "TornwsError",
+    "WebSocketHandler",
+    "__version__",
+    "add_routes",
+    "make_app",
+    "routes",
+    "serve",
+]

@@ -1,0 +1,128 @@
+"""Assembling tornws's routes: into your application, or as the demo app.
+
+- :func:`routes` returns the ``URLSpec`` list, for an ``Application`` you build.
+- :func:`add_routes` adds them to an ``Application`` that already runs, keeping
+  its handlers, settings (cookie secret included) and authentication.
+- :func:`make_app` builds the demo application that ``tornws serve`` runs
+  (routes in ``docs/`` and the README).
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import tornado.web
+from tornado.routing import URLSpec
+
+from .chat import ROOM_PATTERN
+from .handlers import BroadcastHandler, ChatHandler, EchoHandler
+from .registry import Registry
+
+__all__ = ["add_routes", "make_app", "routes"]
+
+
+def _check_prefix(prefix: str) -> str:
+    if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+        raise ValueError(f"prefix must be empty or start with '/' and not end with '/': {prefix!r}")
+    return prefix
+
+
+def routes(prefix: str = "", *, registry: Registry | None = None, **options: Any) -> list[URLSpec]:
+    """The tornws routes under ``prefix``: ``/echo``, ``/broadcast``, ``/chat``, ``/chat/<room>``.
+
+    Args:
+        prefix: ``""`` or a path such as ``"/ws"`` (routes become ``/ws/echo``, …).
+        registry: the rooms' registry; by default the application's own
+            (:meth:`Registry.for_application`), shared with every other tornws
+            route of the application.
+        **options: handler options for every route (``compression``,
+            ``origins``, ``max_message_size``, ``user_loader``; see
+            :mod:`tornws.handlers`).
+    """
+    prefix = _check_prefix(prefix)
+    kwargs = dict(options, registry=registry)
+    return [
+        URLSpec(f"{prefix}/echo", EchoHandler, kwargs, name="tornws.echo"),
+        URLSpec(f"{prefix}/broadcast", BroadcastHandler, kwargs, name="tornws.broadcast"),
+        URLSpec(f"{prefix}/chat", ChatHandler, kwargs, name="tornws.chat"),
+        URLSpec(f"{prefix}/chat/({ROOM_PATTERN})", ChatHandler, kwargs, name="tornws.chat_room"),
+    ]
+
+
+def add_routes(
+    application: tornado.web.Application,
+    prefix: str = "",
+    *,
+    registry: Registry | None = None,
+    host_pattern: str = ".*$",
+    **options: Any,
+) -> Registry:
+    """Add tornws's routes to an existing Tornado application; return their registry.
+
+    The application keeps its own handlers (they are matched first), settings,
+    cookies and ``get_current_user``; pass ``user_loader=YourBaseHandler.get_current_user``
+    so the chat knows your users. Example::
+
+        app = tornado.web.Application([(r"/", MainHandler)], cookie_secret="...")
+        registry = tornws.add_routes(app, "/ws", user_loader=BaseHandler.get_current_user)
+    """
+    registry = registry if registry is not None else Registry.for_application(application)
+    application.add_handlers(host_pattern, routes(prefix, registry=registry, **options))
+    return registry
+
+
+class IndexHandler(tornado.web.RequestHandler):
+    """``GET /``: a page that lists the endpoints (until the browser chat exists)."""
+
+    def get(self) -> None:
+        host = html.escape(self.request.host)
+        items = "".join(
+            f"<li><code>ws://{host}{html.escape(path)}</code> — {html.escape(what)}</li>"
+            for path, what in ENDPOINTS
+        )
+        self.finish(
+            "<!doctype html><meta charset=utf-8><title>tornws</title>"
+            f"<h1>tornws</h1><p>WebSocket endpoints:</p><ul>{items}</ul>"
+            "<p>Try: <code>tornws client ws://"
+            f"{host}/chat/lobby</code></p>"
+        )
+
+
+class HealthHandler(tornado.web.RequestHandler):
+    """``GET /healthz``: 200 ``ok`` while the server accepts connections."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish("ok\n")
+
+
+ENDPOINTS = [
+    ("/echo", "every message back to its sender"),
+    ("/broadcast", "every message to every connection on /broadcast, sender included"),
+    ("/chat", "the chat room 'lobby' (subprotocols chat.json, chat)"),
+    ("/chat/<room>", "the chat room <room>"),
+]
+
+
+def make_app(
+    *,
+    registry: Registry | None = None,
+    handler_options: dict[str, Any] | None = None,
+    **settings: Any,
+) -> tornado.web.Application:
+    """The demo application of ``tornws serve``.
+
+    Args:
+        registry: the rooms' registry (a new one by default).
+        handler_options: options for every WebSocket route (see :func:`routes`).
+        **settings: Tornado application settings.
+    """
+    registry = registry if registry is not None else Registry()
+    handlers: list[Any] = [
+        URLSpec(r"/", IndexHandler),
+        URLSpec(r"/healthz", HealthHandler),
+        *routes(registry=registry, **(handler_options or {})),
+    ]
+    return tornado.web.Application(handlers, **{"tornws.registry": registry, **settings})

@@ -1,0 +1,219 @@
+"""The ``tornws`` command: ``serve`` and ``client`` (also ``python -m tornws``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import tornado.web
+
+from . import __version__
+from .exceptions import ConfigError
+
+__all__ = ["load_app", "main"]
+
+log = logging.getLogger(__name__)
+
+
+def load_app(spec: str) -> tornado.web.Application:
+    """Import ``module:factory`` and call ``factory()`` for a Tornado ``Application``.
+
+    ``module:name`` may also name an ``Application`` object directly.
+
+    Raises:
+        ConfigError: with what is wrong and how to write it.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"--app takes module:factory, e.g. myproject.app:make_app (got {spec!r})")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--app {spec}: cannot import {module_name!r}: {exc}") from None
+    try:
+        target = getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"--app {spec}: module {module_name!r} has no {attr!r}") from None
+    app = target if isinstance(target, tornado.web.Application) else target()
+    if not isinstance(app, tornado.web.Application):
+        raise ConfigError(
+            f"--app {spec}: {attr}() returned {type(app).__name__}, not a tornado.web.Application"
+        )
+    return app
+
+
+def _header(value: str) -> tuple[str, str]:
+    name, sep, text = value.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected 'Name: value', got {value!r}")
+    return name.strip(), text.strip()
+
+
+def _ws_url(value: str) -> str:
+    if not value.startswith(("ws://", "wss://")):
+        raise argparse.ArgumentTypeError(f"URL must start with ws:// or wss:// (got {value!r})")
+    return value
+
+
+def _size(value: str) -> int:
+    units = {"k": 1024, "m": 1024 * 1024}
+    text = value.strip().lower().removesuffix("ib").removesuffix("b")
+    factor = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    try:
+        return int(number) * factor
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 65536, 64k or 1m (got {value!r})"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tornws", description="WebSocket server framework on Tornado."
+    )
+    parser.add_argument("--version", action="version", version=f"tornws {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the demo app (or your own with --app)",
+        description="Serve the demo app: /echo, /broadcast, /chat[/<room>], /healthz.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    serve.add_argument(
+        "--port", type=int, default=8765, help="port; 0 picks a free one (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--app",
+        metavar="MODULE:FACTORY",
+        help="serve the Tornado Application that MODULE.FACTORY() returns",
+    )
+    serve.add_argument(
+        "--origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept WebSocket connections from this Origin (repeatable)",
+    )
+    serve.add_argument(
+        "--max-message-size",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="largest incoming message, e.g. 64k or 1m (default: 1m)",
+    )
+    serve.add_argument(
+        "--compress",
+        action="store_true",
+        help="offer permessage-deflate to clients that ask for it",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="(default: %(default)s)",
+    )
+    serve.add_argument(
+        "--access-log", action="store_true", help="also log every HTTP request (tornado.access)"
+    )
+
+    client = commands.add_parser(
+        "client",
+        help="connect to a WebSocket URL; type to send, see what arrives",
+        description="Interactive WebSocket client. With stdin not a terminal, sends each "
+        "line, prints replies until WAIT quiet seconds, closes, exits 0.",
+    )
+    client.add_argument("url", type=_ws_url, metavar="URL")
+    client.add_argument(
+        "--subprotocol",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="offer this subprotocol (repeatable, in order of preference)",
+    )
+    client.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        type=_header,
+        metavar="'NAME: VALUE'",
+        help="extra request header (repeatable)",
+    )
+    client.add_argument("--origin", help="send this Origin header")
+    client.add_argument("--compress", action="store_true", help="offer permessage-deflate")
+    client.add_argument(
+        "--wait",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="after end of input, close once no message came for this long (default: %(default)s)",
+    )
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .app import make_app
+    from .server import serve
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not args.access_log:
+        logging.getLogger("tornado.access").setLevel(logging.WARNING)
+    if args.app:
+        app = load_app(args.app)
+    else:
+        options: dict[str, Any] = {"origins": args.origin}
+        if args.max_message_size is not None:
+            options["max_message_size"] = args.max_message_size
+        if args.compress:
+            options["compression"] = {}
+        app = make_app(handler_options=options)
+    try:
+        asyncio.run(serve(app, args.host, args.port))
+    except OSError as exc:  # address in use, permission denied
+        raise ConfigError(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+        ) from None
+    return 0
+
+
+def _client(args: argparse.Namespace) -> int:
+    from .client import run
+
+    headers = list(args.header)
+    if args.origin:
+        headers.append(("Origin", args.origin))
+    return asyncio.run(
+        run(
+            args.url,
+            subprotocols=args.subprotocol,
+            headers=headers,
+            compress=args.compress,
+            wait=args.wait,
+        )
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``tornws`` command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return _client(args)
+    except ConfigError as exc:
+        print(f"tornws {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Exceptions raised by tornws.
+
+Every exception tornws defines derives from :class:`TornwsError`::
+
+    TornwsError
+     ├── HandshakeError   (also tornado.web.HTTPError) the request is refused
+     │                    before the upgrade: an HTTP status and a plain-text body
+     │                    that says what to change
+     └── ConfigError      (also ValueError) tornws was configured wrongly, e.g. a
+                          bad ``--app module:factory`` or an invalid room name
+
+Errors on a connection that is already open are answered with a close code
+(see :class:`tornws.frames.CloseCode`) or, in the ``chat.json`` protocol, with an
+``error`` event; they are not raised to the caller.
+"""
+
+from __future__ import annotations
+
+import tornado.web
+
+__all__ = ["ConfigError", "HandshakeError", "TornwsError"]
+
+
+class TornwsError(Exception):
+    """Base class of every exception tornws raises."""
+
+
+class HandshakeError(TornwsError, tornado.web.HTTPError):
+    """Refuse a WebSocket handshake with ``status`` and a plain-text ``body``.
+
+    Raise it from ``prepare()``, ``select_subprotocol()`` or any hook that runs
+    before the upgrade; tornws's handlers answer with the status and the body,
+    and log the refusal at INFO on the ``tornws.handlers`` logger.
+    """
+
+    def __init__(self, status: int, body: str) -> None:
+        tornado.web.HTTPError.__init__(self, status, "%s", body)
+        self.body = body
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status_code}: {self.body}"
+
+
+class ConfigError(TornwsError, ValueError):
+    """tornws was configured in a way it cannot run with; the message says how to fix it."""

@@ -1,0 +1,415 @@
+"""Tornado ``WebSocketHandler`` subclasses: a base with tornws's defaults, and the demo's.
+
+Every handler takes its dependencies through ``initialize()`` (so through the
+``URLSpec`` kwargs), never from class attributes or globals:
+
+- ``registry``: the :class:`~tornws.registry.Registry` the handler's rooms live
+  in; by default the one shared by the whole application
+  (:meth:`Registry.for_application`).
+- ``compression``: permessage-deflate options (Tornado's
+  ``get_compression_options`` format, ``{}`` for its defaults) or ``None``
+  (off, the default).
+- ``origins``: extra ``Origin`` values allowed besides the same host.
+- ``max_message_size``: bytes; bigger incoming messages close the connection
+  with 1009.
+- ``user_loader``: a function ``(handler) -> user`` used as
+  ``get_current_user``; pass your own base handler's ``get_current_user`` to
+  share its authentication.
+
+Logging (logger ``tornws.handlers``): one INFO line when a connection opens,
+one when it closes (route, peer, subprotocol, close code, duration), and one
+when a handshake is refused, with the reason. Exceptions raised by user hooks
+are logged by Tornado at ERROR on ``tornado.application``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Iterable
+from typing import Any, Callable, ClassVar
+
+import tornado.web
+import tornado.websocket
+
+from . import chat
+from .broker import Envelope
+from .exceptions import HandshakeError
+from .frames import CloseCode, Message
+from .registry import Registry
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_PING_INTERVAL",
+    "DEFAULT_PING_TIMEOUT",
+    "BroadcastHandler",
+    "ChatHandler",
+    "EchoHandler",
+    "WebSocketHandler",
+]
+
+log = logging.getLogger(__name__)
+
+#: Incoming messages above this many bytes close the connection with 1009
+#: (Tornado's own default is 10 MiB).
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+#: Seconds between keepalive pings (Tornado's default is no pings at all).
+DEFAULT_PING_INTERVAL = 20.0
+#: Seconds without a pong before the connection is closed.
+DEFAULT_PING_TIMEOUT = 20.0
+
+# Connection ids: unique within the process, and across processes with high
+# probability (for brokers that span processes).
+_ID_PREFIX = os.urandom(4).hex()
+_ids = itertools.count(1)
+
+
+def _retrieve(future: Any) -> None:
+    # A write that failed because the peer went away is not an error worth an
+    # "exception was never retrieved" log: the close is handled by on_close.
+    if not future.cancelled():
+        future.exception()
+
+
+class _Verbatim:
+    """The codec of relays: a published :class:`Message` goes out as it is."""
+
+    echo_own: ClassVar[bool] = True
+
+    def encode(self, envelope: Envelope, /) -> Message | None:
+        payload = envelope.payload
+        return payload if isinstance(payload, Message) else None
+
+    def __repr__(self) -> str:
+        return "VERBATIM"
+
+
+VERBATIM = _Verbatim()
+
+
+class WebSocketHandler(tornado.websocket.WebSocketHandler):
+    """A Tornado ``WebSocketHandler`` with tornws's defaults, rooms and subprotocols.
+
+    Override Tornado's hooks as usual (``open``, ``on_message``, ``on_close``,
+    ``prepare``, ``check_origin``, ``get_current_user``); tornws's bookkeeping
+    does not depend on them calling ``super()``.
+
+    Subprotocols are declared, not coded: set :attr:`subprotocols` to the names
+    the handler speaks, in order of preference. The server picks its most
+    preferred name among those the client offers; a client that offers only
+    unknown names gets HTTP 400 listing the supported ones; a client that offers
+    none gets ``selected_subprotocol = None`` unless :attr:`subprotocol_required`.
+    """
+
+    #: Subprotocols this handler speaks, most preferred first.
+    subprotocols: ClassVar[tuple[str, ...]] = ()
+    #: Refuse (HTTP 400) clients that offer no subprotocol at all.
+    subprotocol_required: ClassVar[bool] = False
+
+    registry: Registry
+    #: How published envelopes are turned into messages for this connection.
+    codec: chat.TextCodec | chat.JsonCodec | _Verbatim = VERBATIM
+
+    def initialize(
+        self,
+        registry: Registry | None = None,
+        *,
+        compression: dict[str, Any] | None = None,
+        origins: Iterable[str] = (),
+        max_message_size: int | None = None,
+        user_loader: Callable[[Any], Any] | None = None,
+    ) -> None:
+        """Take the handler's dependencies; see the module docstring for each."""
+        self.registry = (
+            registry if registry is not None else Registry.for_application(self.application)
+        )
+        self._compression = compression
+        self._origins = frozenset(origins)
+        self._max_message_size = max_message_size
+        self._user_loader = user_loader
+        self.connection_id = f"{_ID_PREFIX}-{next(_ids)}"
+        self._opened_at: float | None = None
+
+    # Tornado hooks, with tornws defaults
+
+    @property
+    def max_message_size(self) -> int:
+        """Largest incoming message in bytes: ``max_message_size`` from ``initialize``,
+        else the ``websocket_max_message_size`` setting, else 1 MiB."""
+        if self._max_message_size is not None:
+            return self._max_message_size
+        size: int = self.settings.get("websocket_max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
+        return size
+
+    @property
+    def ping_interval(self) -> float | None:
+        """Seconds between pings: the ``websocket_ping_interval`` setting, else 20 (0: off)."""
+        interval: float | None = self.settings.get("websocket_ping_interval", DEFAULT_PING_INTERVAL)
+        return interval
+
+    @property
+    def ping_timeout(self) -> float | None:
+        """Seconds to wait for a pong: the ``websocket_ping_timeout`` setting, else 20."""
+        timeout: float | None = self.settings.get("websocket_ping_timeout", DEFAULT_PING_TIMEOUT)
+        return timeout
+
+    def get_compression_options(self) -> dict[str, Any] | None:
+        """``None`` (no permessage-deflate) unless ``compression`` was given."""
+        return self._compression
+
+    def check_origin(self, origin: str) -> bool:
+        """Same host (Tornado's rule), or an origin listed in ``origins``."""
+        return origin in self._origins or super().check_origin(origin)
+
+    def get_current_user(self) -> Any:
+        """The ``user_loader``'s answer, else ``None``."""
+        return self._user_loader(self) if self._user_loader is not None else None
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        """Pick the most preferred of :attr:`subprotocols` that the client offers.
+
+        Returns ``None`` (no subprotocol) when the client offers none.
+
+        Raises:
+            HandshakeError: 400 when the client offers only names this handler
+                does not speak, or none while :attr:`subprotocol_required`.
+        """
+        if not self.subprotocols:
+            return None
+        offered = set(subprotocols)
+        for name in self.subprotocols:
+            if name in offered:
+                return name
+        supported = ", ".join(self.subprotocols)
+        if subprotocols:
+            raise HandshakeError(
+                400,
+                f"unsupported subprotocol {', '.join(subprotocols)}; "
+                f"this endpoint supports: {supported}",
+            )
+        if self.subprotocol_required:
+            raise HandshakeError(
+                400, f"a subprotocol is required; this endpoint supports: {supported}"
+            )
+        return None
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """A :class:`HandshakeError`'s body as plain text; Tornado's page otherwise."""
+        exc_info = kwargs.get("exc_info")
+        error = exc_info[1] if exc_info else None
+        if isinstance(error, HandshakeError):
+            self.set_header("Content-Type", "text/plain; charset=UTF-8")
+            self.finish(error.body + "\n")
+        else:
+            super().write_error(status_code, **kwargs)
+
+    def on_finish(self) -> None:
+        # Runs when the HTTP part ends: with 101 right before open(), else on refusal.
+        status = self.get_status()
+        if status == 101:
+            self._opened_at = time.monotonic()
+            self.registry.connections.add(self)
+            log.info(
+                "open %s peer=%s subprotocol=%s id=%s",
+                self.request.path,
+                self.request.remote_ip,
+                self.selected_subprotocol,
+                self.connection_id,
+            )
+        else:
+            log.info(
+                "refused %s peer=%s status=%d%s",
+                self.request.path,
+                self.request.remote_ip,
+                status,
+                f" reason={self._refusal!r}" if self._refusal else "",
+            )
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, HandshakeError):
+            self._refusal = value.body  # logged once, by on_finish
+        else:
+            super().log_exception(typ, value, tb)
+
+    def on_connection_close(self) -> None:
+        opened_at, self._opened_at = self._opened_at, None
+        super().on_connection_close()  # runs on_close()
+        if opened_at is None:
+            return
+        self.registry.connections.discard(self)
+        self.registry.leave_all(self)
+        log.info(
+            "close %s peer=%s code=%s reason=%r duration=%.3fs id=%s",
+            self.request.path,
+            self.request.remote_ip,
+            self.close_code,
+            self.close_reason or "",
+            time.monotonic() - opened_at,
+            self.connection_id,
+        )
+
+    # tornws additions
+
+    def send(self, message: Message) -> bool:
+        """Queue ``message`` for this connection without waiting.
+
+        Returns ``False`` (and sends nothing) when the connection is closed or
+        closing. Unlike ``write_message`` it never raises for a closed
+        connection, which is what a fan-out wants.
+        """
+        connection = self.ws_connection
+        if connection is None or connection.is_closing():
+            return False
+        try:
+            future = connection.write_message(message.payload, binary=message.binary)
+        except tornado.websocket.WebSocketClosedError:
+            return False
+        future.add_done_callback(_retrieve)
+        return True
+
+    def deliver(self, envelope: Envelope) -> None:
+        """Called by the registry for each message published to a room this connection is in.
+
+        The default sends ``envelope.encode(self.codec)`` unless it is ``None``.
+        """
+        message = envelope.encode(self.codec)
+        if message is not None:
+            self.send(message)
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.request.path} id={getattr(self, 'connection_id', '?')}>"
+        )
+
+    _refusal = ""
+
+
+class EchoHandler(WebSocketHandler):
+    """Sends every message back to its sender: text stays text, binary stays binary."""
+
+    def on_message(self, message: str | bytes) -> None:
+        self.send(Message(message))
+
+
+class BroadcastHandler(WebSocketHandler):
+    """Relays every message, verbatim and with its type, to every connection on the route.
+
+    The sender receives its own messages too. The message is encoded once, and
+    the same :class:`~tornws.frames.Message` is handed to every receiver.
+
+    Args (``initialize``, besides the common ones):
+        room: the registry room the route's connections share; by default the
+            request path, so two broadcast routes never mix.
+    """
+
+    def initialize(
+        self, registry: Registry | None = None, *, room: str | None = None, **options: Any
+    ) -> None:
+        super().initialize(registry, **options)
+        self.room = room if room is not None else f"broadcast:{self.request.path}"
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        self.registry.join(self.room, self)
+
+    def on_message(self, message: str | bytes) -> None:
+        self.registry.publish(self.room, Message(message))
+
+
+class ChatHandler(WebSocketHandler):
+    """Chat rooms over two subprotocols: ``chat.json`` (preferred) and ``chat`` (plain text).
+
+    The room is the URL's first path argument (``/chat/<room>``), else
+    ``default_room`` (``"lobby"``). The nick is the current user when there is
+    one (``get_current_user``), else the ``nick`` query argument, else a
+    generated ``guest-N``; an invalid nick is refused with HTTP 400.
+
+    Bad input never costs the connection in ``chat.json``: invalid JSON, an
+    unknown type or a binary message get an ``error`` event. A binary message
+    in plain text, which has no way to say so, closes the connection with 1003
+    (unsupported data). See ``docs/protocol.md``.
+    """
+
+    subprotocols = ("chat.json", "chat")
+
+    room: str
+    nick: str
+
+    def initialize(
+        self, registry: Registry | None = None, *, default_room: str = "lobby", **options: Any
+    ) -> None:
+        super().initialize(registry, **options)
+        self.default_room = default_room
+        self.room = ""
+        self.nick = ""
+
+    def prepare(self) -> Awaitable[None] | None:
+        """Choose the nick before the upgrade, refusing an invalid one with 400."""
+        user = self.current_user
+        nick = str(user) if user is not None else self.get_query_argument("nick", "")
+        if nick:
+            try:
+                chat.validate_nick(nick)
+            except ValueError as exc:
+                raise HandshakeError(400, str(exc)) from None
+        self.nick = nick
+        return None
+
+    def open(self, room: str | None = None) -> None:
+        self.room = room or self.default_room
+        if not self.nick:
+            self.nick = self.registry.next_guest_name()
+        self.codec = chat.JSON if self.selected_subprotocol == "chat.json" else chat.TEXT
+        self.registry.join(self.room, self)
+        if self.codec is chat.JSON:
+            self.send(chat.presence_event(self.room, self.nicks()))
+        else:
+            others = ", ".join(sorted(self.nicks()))
+            self.send(Message(f"* you are {self.nick} in {self.room}; here: {others}"))
+        self.publish("join")
+
+    def on_message(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            if self.codec is chat.JSON:
+                self.send(chat.error_event("unsupported_data", "send text messages, not binary"))
+            else:
+                self.close(CloseCode.UNSUPPORTED_DATA, "the chat takes text messages only")
+            return
+        if self.codec is chat.TEXT:
+            line = chat.TEXT.decode(message)
+            if line:
+                self.publish("message", line)
+            return
+        try:
+            body = chat.JSON.decode(message)
+        except chat.ChatInputError as exc:
+            self.send(chat.error_event(exc.code, exc.detail))
+            return
+        if body["type"] == "message":
+            self.publish("message", body["text"])
+        else:  # "presence"
+            self.send(chat.presence_event(self.room, self.nicks()))
+
+    def on_close(self) -> None:
+        if self.room and self.registry.leave(self.room, self):
+            self.publish("leave")
+
+    def publish(self, kind: str, text: str = "") -> None:
+        """Publish a chat event of this connection to its room."""
+        event = chat.ChatEvent(kind, self.nick, text, origin=self.connection_id)
+        self.registry.publish(self.room, event)
+
+    def nicks(self) -> list[str]:
+        """The nicks of the room's local members."""
+        return [m.nick for m in self.registry.members(self.room) if isinstance(m, ChatHandler)]
+
+    def deliver(self, envelope: Envelope) -> None:
+        event = envelope.payload
+        if (
+            not self.codec.echo_own
+            and isinstance(event, chat.ChatEvent)
+            and event.origin == self.connection_id
+        ):
+            return
+        super().deliver(envelope)
