@@ -139,6 +139,4 @@ def start_server() -> Iterator[Any]:
 def tornws_serve(start_server: Any) -> Server:
     """``tornws serve`` (the installed console script) on a free port."""
     port = free_port()
-    return start_server(
-        [sys.executable, "-m", "tornws", "serve", "--port", str(port)], port
-    )
+    return start_server([sys.executable, "-m", "tornws", "serve", "--port", str(port)], port)

@@ -27,8 +27,12 @@ def test_json_codec_events_carry_room_id_time_and_sender() -> None:
     """chat.json: message events have room, id (the offset), time, sender and text."""
     body = json.loads(chat.JSON.encode(envelope("message", text="hé")).data)  # type: ignore[union-attr]
     assert body == {
-        "type": "message", "room": "lobby", "id": 3, "time": 1700000000.123,
-        "sender": "ann", "text": "hé",
+        "type": "message",
+        "room": "lobby",
+        "id": 3,
+        "time": 1700000000.123,
+        "sender": "ann",
+        "text": "hé",
     }
     join = json.loads(chat.JSON.encode(envelope("join")).data)  # type: ignore[union-attr]
     assert join == {"type": "join", "room": "lobby", "id": 3, "time": 1700000000.123, "nick": "ann"}
@@ -84,8 +88,12 @@ def test_validate_nick_refuses_with_a_reason(nick: str) -> None:
 def test_error_and_presence_events() -> None:
     """The direct events have the documented shapes."""
     assert json.loads(chat.error_event("invalid_json", "x").data) == {
-        "type": "error", "code": "invalid_json", "detail": "x",
+        "type": "error",
+        "code": "invalid_json",
+        "detail": "x",
     }
     assert json.loads(chat.presence_event("r", ["b", "a"]).data) == {
-        "type": "presence", "room": "r", "members": ["a", "b"],
+        "type": "presence",
+        "room": "r",
+        "members": ["a", "b"],
     }

@@ -8,11 +8,17 @@ import pytest
 import tornado.httpclient
 
 from tornws.frames import CloseCode
+
 from wsclient import nothing_more, recv, recv_json, recv_until_closed
 
 
-async def text_user(ws_connect: Any, ws_url: str, nick: str, room: str = "lobby",
-                    subprotocols: list[str] | None = None) -> Any:
+async def text_user(
+    ws_connect: Any,
+    ws_url: str,
+    nick: str,
+    room: str = "lobby",
+    subprotocols: list[str] | None = None,
+) -> Any:
     """A plain-text chat user, past its welcome line."""
     connection = await ws_connect(f"{ws_url}/chat/{room}?nick={nick}", subprotocols=subprotocols)
     welcome = await recv(connection)
@@ -56,14 +62,20 @@ async def test_unknown_subprotocols_get_400_listing_supported(http_url: str) -> 
     response = await client.fetch(
         f"{http_url}/chat",
         headers={
-            "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Protocol": "xmpp, mqtt",
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Protocol": "xmpp, mqtt",
         },
         raise_error=False,
     )
     assert response.code == 400
     assert response.headers["Content-Type"].startswith("text/plain")
-    assert response.body == b"unsupported subprotocol xmpp, mqtt; this endpoint supports: chat.json, chat\n"
+    assert (
+        response.body
+        == b"unsupported subprotocol xmpp, mqtt; this endpoint supports: chat.json, chat\n"
+    )
 
 
 @pytest.mark.gen_test

@@ -11,6 +11,7 @@ import tornado.httpclient
 import tornado.websocket
 
 from tornws.frames import CloseCode
+
 from wsclient import recv, recv_until_closed
 
 BOUNDARY_SIZES = [0, 1, 125, 126, 127, 65535, 65536, 100_000]

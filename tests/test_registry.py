@@ -148,13 +148,14 @@ def test_registry_for_application_is_shared_and_checked() -> None:
     """One registry per application, kept in its settings; a wrong object is refused."""
 
     class App:
-        settings: dict[str, Any] = {}
+        def __init__(self, settings: dict[str, Any]) -> None:
+            self.settings = settings
 
-    first = Registry.for_application(App)
-    assert Registry.for_application(App) is first
-    App.settings = {"tornws.registry": "not a registry"}
+    app = App({})
+    first = Registry.for_application(app)
+    assert Registry.for_application(app) is first
     with pytest.raises(TypeError, match="not a tornws Registry"):
-        Registry.for_application(App)
+        Registry.for_application(App({"tornws.registry": "not a registry"}))
 
 
 def test_registry_guest_names_count_up() -> None:

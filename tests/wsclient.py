@@ -11,8 +11,9 @@ import tornado.websocket
 TIMEOUT = 5.0
 
 
-async def recv(connection: tornado.websocket.WebSocketClientConnection,
-               timeout: float = TIMEOUT) -> str | bytes | None:
+async def recv(
+    connection: tornado.websocket.WebSocketClientConnection, timeout: float = TIMEOUT
+) -> str | bytes | None:
     """The next message (``None`` once closed); fails the test after ``timeout``."""
     return await asyncio.wait_for(connection.read_message(), timeout)
 
@@ -23,8 +24,9 @@ async def recv_json(connection: tornado.websocket.WebSocketClientConnection) -> 
     return json.loads(message)
 
 
-async def recv_until_closed(connection: tornado.websocket.WebSocketClientConnection,
-                            timeout: float = TIMEOUT) -> list[str | bytes]:
+async def recv_until_closed(
+    connection: tornado.websocket.WebSocketClientConnection, timeout: float = TIMEOUT
+) -> list[str | bytes]:
     """Every message until the server closes the connection."""
     messages: list[str | bytes] = []
     while (message := await recv(connection, timeout)) is not None:
@@ -32,8 +34,9 @@ async def recv_until_closed(connection: tornado.websocket.WebSocketClientConnect
     return messages
 
 
-async def nothing_more(connection: tornado.websocket.WebSocketClientConnection,
-                       wait: float = 0.2) -> bool:
+async def nothing_more(
+    connection: tornado.websocket.WebSocketClientConnection, wait: float = 0.2
+) -> bool:
     """True if no message arrives within ``wait`` seconds."""
     try:
         message = await asyncio.wait_for(connection.read_message(), wait)

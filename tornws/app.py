@@ -19,7 +19,7 @@ from .chat import ROOM_PATTERN
 from .handlers import BroadcastHandler, ChatHandler, EchoHandler
 from .registry import Registry
 
-__all__ = ["add_routes", "make_app", "routes"]
+__all__ = ["HealthHandler", "IndexHandler", "add_routes", "make_app", "routes"]
 
 
 def _check_prefix(prefix: str) -> str:

@@ -134,7 +134,7 @@ class JsonCodec:
             body["text"] = event.text
         else:
             body["nick"] = event.nick
-        return Message(dumps(body))
+        return Message(_dumps(body))
 
     def decode(self, data: str) -> dict[str, Any]:
         """Parse one client message into a dict with a string ``type``.
@@ -175,16 +175,16 @@ TEXT = TextCodec()
 JSON = JsonCodec()
 
 
-def dumps(body: dict[str, Any]) -> str:
+def _dumps(body: dict[str, Any]) -> str:
     """Compact JSON, non-ASCII kept as is."""
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
 def presence_event(room: str, nicks: list[str]) -> Message:
     """The ``presence`` event: who is in the room now (sent to one client)."""
-    return Message(dumps({"type": "presence", "room": room, "members": sorted(nicks)}))
+    return Message(_dumps({"type": "presence", "room": room, "members": sorted(nicks)}))
 
 
 def error_event(code: str, detail: str) -> Message:
     """The ``error`` event (sent to one client; its connection stays open)."""
-    return Message(dumps({"type": "error", "code": code, "detail": detail}))
+    return Message(_dumps({"type": "error", "code": code, "detail": detail}))

@@ -15,7 +15,7 @@ import tornado.web
 from . import __version__
 from .exceptions import ConfigError
 
-__all__ = ["load_app", "main"]
+__all__ = ["build_parser", "load_app", "main"]
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import tornado.websocket
 
 from .frames import CloseCode
 
-__all__ = ["format_message", "run"]
+__all__ = ["connect", "describe_close", "format_message", "run"]
 
 #: The longest a scripted client lingers after end of input.
 MAX_LINGER = 30.0
@@ -154,6 +154,7 @@ class _Session:
             except tornado.websocket.WebSocketClosedError:
                 break
         if receiver.done():
+            self.connection.close()  # releases the client's resources; no frame is sent
             return False
         self.connection.close(CloseCode.NORMAL_CLOSURE)
         try:

@@ -56,9 +56,6 @@ async def serve(
         loop.add_signal_handler(signum, _on_signal, stop, signum)
     try:
         await stop.wait()
-    finally:
-        for signum in signals:
-            loop.remove_signal_handler(signum)
         server.stop()
         registry = Registry.for_application(application)
         count = registry.close_all(CloseCode.GOING_AWAY, "server shutting down")
@@ -68,8 +65,15 @@ async def serve(
             await asyncio.sleep(0.02)
         await server.close_all_connections()
         log.info("stopped")
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
 
 
 def _on_signal(stop: asyncio.Event, signum: int) -> None:
-    log.info("received %s", signal.Signals(signum).name)
+    name = signal.Signals(signum).name
+    if stop.is_set():
+        log.info("received %s: already shutting down", name)
+    else:
+        log.info("received %s", name)
     stop.set()
