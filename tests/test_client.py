@@ -35,6 +35,7 @@ async def test_client_interactive_marks_incoming(ws_url: str) -> None:
     out, err = io.StringIO(), io.StringIO()
     status = await run(f"{ws_url}/echo", stdin=Terminal("hey\n"), stdout=out, stderr=err, wait=0.3)
     assert status == 0
+    assert out.getvalue().startswith("> ")  # a prompt before anything arrives
     assert "< hey\n> " in out.getvalue()
 
 

@@ -153,6 +153,9 @@ class _Session:
                 await self.connection.write_message(line)
             except tornado.websocket.WebSocketClosedError:
                 break
+            if self.interactive:
+                self.out.write("> ")
+                self.out.flush()
         if receiver.done():
             self.connection.close()  # releases the client's resources; no frame is sent
             return False

@@ -108,9 +108,23 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     #: Refuse (HTTP 400) clients that offer no subprotocol at all.
     subprotocol_required: ClassVar[bool] = False
 
-    registry: Registry
     #: How published envelopes are turned into messages for this connection.
     codec: chat.TextCodec | chat.JsonCodec | _Verbatim = VERBATIM
+
+    # Option defaults, so that a subclass whose initialize() does not call
+    # super().initialize() still works with every default.
+    _registry: Registry | None = None
+    _compression: dict[str, Any] | None = None
+    _origins: frozenset[str] = frozenset()
+    _max_message_size: int | None = None
+    _user_loader: Callable[[Any], Any] | None = None
+    _refusal = ""
+
+    def __init__(self, application: tornado.web.Application, request: Any, **kwargs: Any) -> None:
+        #: Unique id of this connection, used in logs and to recognise its own messages.
+        self.connection_id = f"{_ID_PREFIX}-{next(_ids)}"
+        self._opened_at: float | None = None
+        super().__init__(application, request, **kwargs)  # calls initialize(**kwargs)
 
     def initialize(
         self,
@@ -122,15 +136,18 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         user_loader: Callable[[Any], Any] | None = None,
     ) -> None:
         """Take the handler's dependencies; see the module docstring for each."""
-        self.registry = (
-            registry if registry is not None else Registry.for_application(self.application)
-        )
+        self._registry = registry
         self._compression = compression
         self._origins = frozenset(origins)
         self._max_message_size = max_message_size
         self._user_loader = user_loader
-        self.connection_id = f"{_ID_PREFIX}-{next(_ids)}"
-        self._opened_at: float | None = None
+
+    @property
+    def registry(self) -> Registry:
+        """The registry given to ``initialize``, else the application's shared one."""
+        if self._registry is None:
+            self._registry = Registry.for_application(self.application)
+        return self._registry
 
     # Tornado hooks, with tornws defaults
 
@@ -220,12 +237,23 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             )
         else:
             log.info(
-                "refused %s peer=%s status=%d%s",
+                "refused %s peer=%s status=%d reason=%r",
                 self.request.path,
                 self.request.remote_ip,
                 status,
-                f" reason={self._refusal!r}" if self._refusal else "",
+                self._refusal or self._refusal_reason(status),
             )
+
+    def _refusal_reason(self, status: int) -> str:
+        # The refusals Tornado makes itself, before any tornws hook runs.
+        headers = self.request.headers
+        if status == 403:
+            return f"origin {headers.get('Origin')!r} not allowed"
+        if status == 400 and headers.get("Upgrade", "").lower() != "websocket":
+            return "not a WebSocket upgrade request"
+        if status == 426:
+            return f"unsupported Sec-WebSocket-Version {headers.get('Sec-WebSocket-Version')!r}"
+        return self._reason
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, HandshakeError):
@@ -279,11 +307,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             self.send(message)
 
     def __repr__(self) -> str:
-        return (
-            f"<{type(self).__name__} {self.request.path} id={getattr(self, 'connection_id', '?')}>"
-        )
-
-    _refusal = ""
+        return f"<{type(self).__name__} {self.request.path} id={self.connection_id}>"
 
 
 class EchoHandler(WebSocketHandler):

@@ -1,0 +1,118 @@
+"""Writing your own handler on tornws.WebSocketHandler, the way Tornado users do."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+import tornado.httpclient
+import tornado.web
+
+import tornws
+
+from wsclient import recv
+
+
+class GreeterHandler(tornws.WebSocketHandler):
+    """Its own initialize(), without super().initialize(): defaults must still hold."""
+
+    def initialize(self, greeting: str) -> None:
+        self.greeting = greeting
+
+    def open(self) -> None:
+        self.registry.join("greeters", self)
+        self.write_message(f"{self.greeting} ({self.max_message_size})")
+
+    def on_message(self, message: str | bytes) -> None:
+        self.registry.publish("greeters", tornws.Message(message))
+
+
+class VersionedHandler(tornws.WebSocketHandler):
+    """Declares subprotocols with versions; requires one."""
+
+    subprotocols = ("v2.api", "v1.api")
+    subprotocol_required = True
+
+    def open(self) -> None:
+        self.write_message(f"speaking {self.selected_subprotocol}")
+
+
+@pytest.fixture
+def app(registry: tornws.Registry) -> Any:
+    return tornado.web.Application(
+        [
+            (r"/greet", GreeterHandler, {"greeting": "hello"}),
+            (r"/api", VersionedHandler),
+        ],
+        **{"tornws.registry": registry},
+    )
+
+
+@pytest.mark.gen_test
+async def test_subclass_without_super_initialize(
+    ws_url: str, ws_connect: Any, registry: tornws.Registry
+) -> None:
+    """A handler with its own initialize() gets the default registry, limits and cleanup."""
+    first = await ws_connect(f"{ws_url}/greet")
+    second = await ws_connect(f"{ws_url}/greet")
+    assert await recv(first) == "hello (1048576)"
+    await recv(second)
+    await first.write_message("to all")
+    assert await recv(first) == "to all" and await recv(second) == "to all"
+    assert len(registry.members("greeters")) == 2
+    first.close()
+    second.close()
+    for _ in range(200):
+        if not registry.connections:
+            break
+        await asyncio.sleep(0.01)
+    assert registry.rooms() == [] and registry.connections == set()
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("offered", "answer"),
+    [(["v1.api"], "speaking v1.api"), (["v1.api", "v2.api"], "speaking v2.api")],
+)
+async def test_declared_subprotocols(
+    ws_url: str, ws_connect: Any, offered: list[str], answer: str
+) -> None:
+    """The most preferred declared subprotocol that the client offers is selected."""
+    connection = await ws_connect(f"{ws_url}/api", subprotocols=offered)
+    assert await recv(connection) == answer
+
+
+@pytest.mark.gen_test
+async def test_required_subprotocol_missing_is_400(
+    ws_url: str, ws_connect: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No subprotocol offered to a handler that requires one: 400 naming the choices, logged."""
+    caplog.set_level(logging.INFO, logger="tornws.handlers")
+    with pytest.raises(tornado.httpclient.HTTPClientError) as info:
+        await ws_connect(f"{ws_url}/api")
+    assert info.value.code == 400
+    assert info.value.response is not None
+    assert info.value.response.body == (
+        b"a subprotocol is required; this endpoint supports: v2.api, v1.api\n"
+    )
+    assert "refused /api peer=127.0.0.1 status=400 reason='a subprotocol is required" in (
+        caplog.text
+    )
+
+
+@pytest.mark.gen_test
+async def test_refusals_are_logged_with_a_reason(
+    ws_url: str, http_url: str, ws_connect: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tornado's own refusals (bad origin, plain GET) are logged by tornws with why."""
+    caplog.set_level(logging.INFO, logger="tornws.handlers")
+    request = tornado.httpclient.HTTPRequest(
+        f"{ws_url}/greet", headers={"Origin": "http://other.example"}
+    )
+    with pytest.raises(tornado.httpclient.HTTPClientError):
+        await ws_connect(request)
+    await tornado.httpclient.AsyncHTTPClient().fetch(f"{http_url}/greet", raise_error=False)
+    assert "status=403 reason=\"origin 'http://other.example' not allowed\"" in caplog.text
+    assert "status=400 reason='not a WebSocket upgrade request'" in caplog.text
