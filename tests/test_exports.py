@@ -11,6 +11,11 @@ import tornws
 
 PUBLIC_MODULES = [
     "tornws.app",
+    "tornws.bench",
+    "tornws.bench.load",
+    "tornws.bench.raw_tornado",
+    "tornws.bench.report",
+    "tornws.bench.subjects",
     "tornws.broker",
     "tornws.chat",
     "tornws.cli",

@@ -154,7 +154,47 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="after end of input, close once no message came for this long (default: %(default)s)",
     )
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure tornws, the asyncio version and raw Tornado side by side",
+        description="Start each server as its own process pinned to one CPU, drive it with "
+        "picows clients pinned to another, and print server CPU per unit with the ratio to "
+        "the asyncio version from the same run.",
+    )
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="small counts (under a minute): checks that every workload runs "
+        "and every server answers correctly; no speed threshold",
+    )
+    bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bench.add_argument("--plot", metavar="FILE.png", help="also draw the ratios (matplotlib)")
+    bench.add_argument(
+        "--only",
+        metavar="NAMES",
+        help="comma-separated subjects among tornws, raw-tornado (the asyncio "
+        "version always runs: it is the baseline)",
+    )
+    bench.add_argument(
+        "--url",
+        help="also measure a running server on 127.0.0.1 "
+        "that serves /echo and /broadcast, e.g. ws://127.0.0.1:9000",
+    )
+    bench.add_argument("--pid", type=int, help="the process id of the --url server")
+    bench.add_argument("--name", default="custom", help="the --url server's name in the table")
+    bench.add_argument(
+        "--asyncio-server",
+        metavar="PATH",
+        help="the asyncio version's server.py (default: the checkout's)",
+    )
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -207,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "bench":
+            return _bench(args)
         return _client(args)
     except ConfigError as exc:
         print(f"tornws {args.command}: {exc}", file=sys.stderr)

@@ -396,7 +396,7 @@ class ChatHandler(WebSocketHandler):
     def on_message(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
             if self.codec is chat.JSON:
-                self.send(chat.error_event("unsupported_data", "send text messages, not binary"))
+                self.send(chat.error_event("unsupported_data", "send text, not binary"))
             else:
                 self.close(CloseCode.UNSUPPORTED_DATA, "the chat takes text messages only")
             return

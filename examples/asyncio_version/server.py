@@ -99,8 +99,7 @@ def process_request(connection: ServerConnection, request: Request) -> Response 
         if nick and not NICK_RE.fullmatch(nick):
             return connection.respond(
                 HTTPStatus.BAD_REQUEST,
-                f"invalid nick {nick!r}: use 1 to 32 characters, "
-                "no spaces or control characters\n",
+                f"invalid nick {nick!r}: use 1 to 32 characters, no spaces or control characters\n",
             )
     return None
 
@@ -207,7 +206,7 @@ async def chat(websocket: ServerConnection) -> None:
         async for message in websocket:
             if isinstance(message, bytes):
                 if is_json:
-                    await websocket.send(error("unsupported_data", "send text messages, not binary"))
+                    await websocket.send(error("unsupported_data", "send text, not binary"))
                     continue
                 await websocket.close(1003, "the chat takes text messages only")
                 break

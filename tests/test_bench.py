@@ -1,0 +1,103 @@
+"""tornws bench: the quick run checks every subject answers correctly and every workload runs.
+
+No speed threshold here: performance is what `tornws bench` prints, not what a test asserts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from tornws.bench import plan, report
+
+from processes import run, tornws_command
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, dict[str, object], Path]:
+    """One `tornws bench --quick --json --plot` run, shared by the tests below."""
+    pytest.importorskip("picows", reason="tornws bench needs the bench extra (picows)")
+    pytest.importorskip("matplotlib", reason="--plot needs the plot extra (matplotlib)")
+    folder = tmp_path_factory.mktemp("bench")
+    result = run(
+        tornws_command(
+            "bench", "--quick", "--json", str(folder / "r.json"), "--plot", str(folder / "r.png")
+        ),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout, result.stderr, json.loads((folder / "r.json").read_text()), folder
+
+
+def test_bench_quick_checks_every_server(quick: tuple[str, str, dict, Path]) -> None:  # type: ignore[type-arg]
+    """Each subject passed the correctness checks: boundary sizes, text vs binary, broadcast."""
+    stdout, _, data, _ = quick
+    assert set(data["subjects"]) == {"tornws", "asyncio", "raw-tornado"}
+    for name, subject in data["subjects"].items():
+        assert subject["error"] is None, name
+        assert subject["checks"] == [
+            "echo 0 B text+binary",
+            "echo 125 B text+binary",
+            "echo 126 B text+binary",
+            "echo 65535 B text+binary",
+            "echo 65536 B text+binary",
+            "broadcast to 3, sender included, types kept",
+        ]
+        assert f"{name}: checks passed" in stdout
+
+
+def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> None:  # type: ignore[type-arg]
+    """Every workload produced units, server CPU and (but memory) latencies for every subject."""
+    _, stderr, data, _ = quick
+    names = [w["name"] for w in data["workloads"]]
+    assert len(names) == 10
+    for subject in data["subjects"].values():
+        for name in names:
+            result = subject["results"][name]
+            assert result["units"] > 0
+            if result["unit"] == "connection":
+                assert result["kib_per_connection"] > 0
+            else:
+                assert result["server_cpu_s"] > 0 and result["cpu_us_per_unit"] > 0
+                assert result["p50_ms"] is not None and result["p99_ms"] >= result["p50_ms"]
+        assert math.isclose(data["subjects"]["asyncio"]["results"][names[1]]["ratio_to_asyncio"], 1)
+    assert stderr.count("] tornws: ") == len(names)  # one progress line per workload
+
+
+def test_bench_quick_table_and_plot(quick: tuple[str, str, dict, Path]) -> None:  # type: ignore[type-arg]
+    """The table names the machine and ratios; the plot is a PNG."""
+    stdout, _, data, folder = quick
+    assert "server pinned to CPU" in stdout and "ratio = figure / asyncio's" in stdout
+    assert "| workload | tornws | asyncio | raw-tornado |" in stdout
+    assert data["machine"]["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert (folder / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_full_plan_matches_the_issue() -> None:
+    """The full plan: 1000 and 5000 receivers, 2000 handshakes, 5000 idle connections."""
+    full = plan(quick=False)
+    assert full.broadcast_sizes == (1000, 5000)
+    assert full.handshakes == 2000 and full.idle_connections == 5000
+
+
+def test_bench_refuses_non_loopback_url() -> None:
+    """--url must be on 127.0.0.1/[::1]: the bench never sends load elsewhere."""
+    result = run(tornws_command("bench", "--quick", "--url", "ws://10.0.0.1:80", "--pid", "1"))
+    assert result.returncode == 2
+    assert "--url must be ws:// on 127.0.0.1 or [::1]" in result.stderr
+
+
+def test_bench_ratio_is_relative_to_asyncio() -> None:
+    """ratio() divides by the asyncio version's figure from the same report."""
+    from tornws.bench.load import Measurement
+
+    def m(cpu: float) -> Measurement:
+        return Measurement("delivery", units=1000, seconds=1.0, server_cpu=cpu)
+
+    fake = {"subjects": {"asyncio": {"results": {"w": m(0.01)}}, "x": {"results": {"w": m(0.02)}}}}
+    assert report.ratio(fake, "x", "w") == pytest.approx(2.0)
+    assert math.isnan(report.ratio(fake, "x", "missing"))

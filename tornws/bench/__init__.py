@@ -1,0 +1,231 @@
+"""``tornws bench``: tornws, the asyncio version and raw Tornado, measured side by side.
+
+Each subject runs as its own process pinned to one CPU; the load generator
+(picows clients, in this process) is pinned to another. The primary figure is
+the server's CPU time per unit (utime+stime from /proc over the workload's
+window), which a noisy machine disturbs far less than throughput. Ratios are to
+the asyncio version measured in the same run.
+
+Needs the ``bench`` extra (``pip install -e '.[bench]'``); ``--plot`` needs
+matplotlib (``plot`` extra).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..exceptions import ConfigError
+
+__all__ = ["Plan", "Workload", "machine", "main", "plan", "run"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One line of the results: a name, the unit, and how to run it."""
+
+    name: str
+    unit: str
+    run: Callable[..., Any]  # (server, fanout) -> Measurement coroutine
+    group: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    echo_seconds: float
+    broadcast_sizes: tuple[int, int]
+    broadcast_messages: tuple[int, int]
+    handshakes: int
+    idle_connections: int
+
+
+def plan(quick: bool) -> Plan:
+    """The full plan (under 15 minutes here) or the quick one (under a minute, for CI)."""
+    if quick:
+        return Plan(True, 0.3, (100, 200), (10, 10), 100, 200)
+    return Plan(False, 4.0, (1000, 5000), (200, 50), 2000, 5000)
+
+
+def _workloads(p: Plan) -> list[Workload]:
+    from . import load
+
+    def echo(connections: int, size: int) -> Callable[..., Any]:
+        return lambda server, fanout: load.echo(server, connections, size, p.echo_seconds)
+
+    def grow(receivers: int, messages: int, paced: bool) -> Callable[..., Any]:
+        async def run(server: Any, fanout: load.Fanout) -> load.Measurement:
+            await fanout.grow(receivers)
+            return await fanout.run(messages, paced)
+
+        return run
+
+    (small, large), (small_msgs, large_msgs) = p.broadcast_sizes, p.broadcast_messages
+    return [
+        # First, on a fresh server: once other workloads have grown the heap, new
+        # connections reuse freed memory and the RSS delta says nothing.
+        Workload(
+            f"idle memory ×{p.idle_connections}",
+            "KiB/conn",
+            lambda server, fanout: load.idle_memory(server, p.idle_connections),
+            "memory",
+        ),
+        Workload("echo 1 conn 32 B", "round trip", echo(1, 32), "echo"),
+        Workload("echo 50 conns 32 B", "round trip", echo(50, 32), "echo"),
+        Workload("echo 1 conn 16 KiB", "round trip", echo(1, 16384), "echo"),
+        Workload("echo 50 conns 16 KiB", "round trip", echo(50, 16384), "echo"),
+        Workload(f"broadcast {small} paced", "delivery", grow(small, small_msgs, True), "fanout"),
+        Workload(f"broadcast {small} burst", "delivery", grow(small, small_msgs, False), "fanout"),
+        Workload(f"broadcast {large} paced", "delivery", grow(large, large_msgs, True), "fanout"),
+        Workload(f"broadcast {large} burst", "delivery", grow(large, large_msgs, False), "fanout"),
+        Workload(
+            f"handshake ×{p.handshakes}",
+            "handshake",
+            lambda server, fanout: load.handshakes(server, p.handshakes),
+            "handshake",
+        ),
+    ]
+
+
+def _cpus() -> tuple[int | None, int | None]:
+    """(server CPU, load-generator CPU), or (None, None) when fewer than two are usable."""
+    usable = sorted(os.sched_getaffinity(0))
+    if len(usable) < 2:
+        return None, None
+    return usable[0], usable[1]
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import tornado
+
+    model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next(
+                line.split(":", 1)[1].strip() for line in info if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
+    versions = {"python": platform.python_version(), "tornado": tornado.version}
+    for name in ("websockets", "picows"):
+        with contextlib.suppress(ImportError, AttributeError):
+            versions[name] = __import__(name).__version__
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        **versions,
+    }
+
+
+async def _run_subject(
+    subject: Any,
+    workloads: list[Workload],
+    cpus: tuple[int | None, int | None],
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    from . import load
+
+    running = subject.start(cpus[0])
+    results: dict[str, Any] = {"checks": [], "results": {}, "error": None}
+    try:
+        results["checks"] = await load.check(running)
+        fanout = load.Fanout(running)
+        try:
+            for workload in workloads:
+                progress(f"{subject.name}: {workload.name}")
+                if workload.group != "fanout" and fanout.clients:
+                    await fanout.close()
+                    fanout = load.Fanout(running)
+                measurement = await workload.run(running, fanout)
+                results["results"][workload.name] = measurement
+        finally:
+            await fanout.close()
+    except load.CheckFailed as exc:
+        results["error"] = str(exc)
+        progress(f"{subject.name}: FAILED: {exc}")
+    finally:
+        running.stop()
+    return results
+
+
+async def run(subjects: list[Any], quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Run every workload on every subject; return the report (see ``--json``)."""
+    from .subjects import raise_open_files_limit
+
+    limit = raise_open_files_limit()
+    p = plan(quick)
+    needed = max(p.broadcast_sizes) + 64
+    if limit < needed:
+        raise ConfigError(f"the open-files hard limit is {limit}; the bench needs {needed}")
+    cpus = _cpus()
+    if cpus[1] is not None:
+        os.sched_setaffinity(0, {cpus[1]})
+    workloads = _workloads(p)
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "quick": quick,
+        "pinning": {"server_cpu": cpus[0], "loadgen_cpu": cpus[1]},
+        "workloads": [{"name": w.name, "unit": w.unit} for w in workloads],
+        "subjects": {},
+    }
+    for subject in subjects:
+        report["subjects"][subject.name] = await _run_subject(subject, workloads, cpus, progress)
+    return report
+
+
+def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run the bench as the ``tornws bench`` command parsed ``args``; return the exit status."""
+    from . import report as reporting
+    from .subjects import ASYNCIO_SERVER, Subject, builtin_subjects
+
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    try:
+        import picows  # noqa: F401
+    except ImportError:
+        raise ConfigError("tornws bench needs picows: pip install -e '.[bench]'") from None
+    subjects = builtin_subjects(
+        Path(args.asyncio_server) if args.asyncio_server else ASYNCIO_SERVER
+    )
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {s.name for s in subjects}
+        if unknown:
+            raise ConfigError(f"--only: unknown subject(s) {', '.join(sorted(unknown))}")
+        subjects = [s for s in subjects if s.name in wanted or s.name == "asyncio"]
+    if args.url:
+        if not args.pid:
+            raise ConfigError("--url needs --pid: the server's process id, to read its CPU time")
+        subjects.append(Subject(args.name, url=args.url, pid=args.pid))
+
+    started = time.monotonic()
+
+    def progress(text: str) -> None:
+        err.write(f"[{time.monotonic() - started:6.1f}s] {text}\n")
+        err.flush()
+
+    try:
+        import uvloop
+
+        runner: Callable[[Any], Any] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    report = runner(run(subjects, args.quick, progress))
+    out.write(reporting.table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(reporting.jsonable(report), indent=2) + "\n")
+    if args.plot:
+        reporting.plot(report, args.plot)
+    failed = [name for name, s in report["subjects"].items() if s["error"]]
+    return 1 if failed else 0

@@ -1,0 +1,400 @@
+"""The load generator: picows clients (Cython, not Tornado's) driving one server.
+
+Every workload returns a :class:`Measurement`: how many units it completed, over
+what wall time, the server's and the load generator's CPU time over exactly that
+window, and per-unit latencies. Every loop is bounded in count and in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from .subjects import Running
+
+__all__ = [
+    "CheckFailed",
+    "Client",
+    "Fanout",
+    "Measurement",
+    "check",
+    "close_all",
+    "echo",
+    "handshakes",
+    "idle_memory",
+    "open_connections",
+]
+
+#: How long any single wait may take before the workload is declared stuck.
+STUCK = 60.0
+
+
+class CheckFailed(AssertionError):
+    """The server answered wrongly (bytes, type, or not at all)."""
+
+
+@dataclass
+class Measurement:
+    """One workload on one subject."""
+
+    unit: str
+    units: int = 0
+    seconds: float = 0.0
+    server_cpu: float = 0.0
+    loadgen_cpu: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    #: For memory workloads: bytes per connection (``server_cpu`` is then unused).
+    bytes_per_unit: float | None = None
+
+    @property
+    def cpu_us_per_unit(self) -> float:
+        return self.server_cpu / self.units * 1e6 if self.units else float("nan")
+
+    @property
+    def per_second(self) -> float:
+        return self.units / self.seconds if self.seconds else float("nan")
+
+    def latency_ms(self, quantile: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        if len(self.latencies) == 1:
+            return self.latencies[0] * 1e3
+        cuts = statistics.quantiles(self.latencies, n=100, method="inclusive")
+        return cuts[round(quantile * 100) - 1] * 1e3
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "units": self.units,
+            "seconds": round(self.seconds, 4),
+            "server_cpu_s": round(self.server_cpu, 4),
+            "loadgen_cpu_s": round(self.loadgen_cpu, 4),
+            "cpu_us_per_unit": round(self.cpu_us_per_unit, 3) if self.units else None,
+            "per_second": round(self.per_second, 1) if self.seconds else None,
+            "p50_ms": round(self.latency_ms(0.5), 3) if self.latencies else None,
+            "p99_ms": round(self.latency_ms(0.99), 3) if self.latencies else None,
+            "kib_per_connection": (
+                round(self.bytes_per_unit / 1024, 2) if self.bytes_per_unit is not None else None
+            ),
+        }
+
+
+class _Window:
+    """Measures server and load-generator CPU and wall time between start() and stop()."""
+
+    def __init__(self, server: Running, measurement: Measurement) -> None:
+        self.server = server
+        self.measurement = measurement
+
+    def start(self) -> None:
+        self._cpu = self.server.cpu()
+        self._own = time.process_time()
+        self._wall = time.perf_counter()
+
+    def stop(self) -> None:
+        m = self.measurement
+        m.seconds = time.perf_counter() - self._wall
+        m.server_cpu = self.server.cpu() - self._cpu
+        m.loadgen_cpu = time.process_time() - self._own
+
+
+class Client(WSListener):
+    """One benchmark connection; ``handle(client, type, payload)`` gets each message."""
+
+    def __init__(self, handle: Callable[[Client, WSMsgType, WSFrame], None] | None = None) -> None:
+        super().__init__()
+        self.handle = handle
+        self.transport: WSTransport | None = None
+        self.count = 0
+        self.flag = False
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind in (WSMsgType.TEXT, WSMsgType.BINARY):
+            self.count += 1
+            if self.handle is not None:
+                self.handle(self, kind, frame)
+        elif kind == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+
+    def send(self, kind: WSMsgType, payload: bytes) -> None:
+        assert self.transport is not None
+        self.transport.send(kind, payload)
+
+
+async def open_connections(
+    url: str, count: int, handle: Any = None, concurrency: int = 64
+) -> list[Client]:
+    """Open ``count`` connections to ``url``, at most ``concurrency`` handshakes at once."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one() -> Client:
+        async with gate:
+            _, client = await asyncio.wait_for(
+                ws_connect(lambda: Client(handle), url, read_buffer_init_size=2048), STUCK
+            )
+            assert isinstance(client, Client)
+            return client
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def close_all(clients: list[Client], concurrency: int = 256) -> None:
+    """Close each connection and wait for the server to close TCP (its side keeps TIME_WAIT)."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(client: Client) -> None:
+        transport = client.transport
+        if transport is None:
+            return
+        async with gate:
+            transport.send_close(WSCloseCode.OK)
+            try:
+                await asyncio.wait_for(transport.wait_disconnected(), 10)
+            except asyncio.TimeoutError:
+                transport.disconnect()
+
+    await asyncio.gather(*(one(client) for client in clients))
+
+
+async def _wait(condition: Callable[[], bool], what: str, timeout: float = STUCK) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise CheckFailed(f"stuck: {what} not done after {timeout:.0f}s")
+        await asyncio.sleep(0.001)
+
+
+async def echo(server: Running, connections: int, size: int, duration: float) -> Measurement:
+    """Each connection sends a text message and the next one when the echo is back."""
+    payload = b"x" * size
+    result = Measurement("round trip")
+    sent_at: dict[Client, float] = {}
+    running = True
+    in_flight = 0
+
+    def on_echo(client: Client, kind: WSMsgType, frame: WSFrame) -> None:
+        nonlocal in_flight
+        now = time.perf_counter()
+        if frame.payload_size != size:
+            raise CheckFailed(f"echo of {size} bytes came back with {frame.payload_size}")
+        result.latencies.append(now - sent_at[client])
+        if running:
+            sent_at[client] = now
+            client.send(WSMsgType.TEXT, payload)
+        else:
+            in_flight -= 1
+
+    clients = await open_connections(f"{server.url}/echo", connections, on_echo)
+    window = _Window(server, result)
+    window.start()
+    for client in clients:
+        sent_at[client] = time.perf_counter()
+        client.send(WSMsgType.TEXT, payload)
+    await asyncio.sleep(duration)
+    in_flight = connections
+    running = False
+    await _wait(lambda: in_flight == 0, "echo replies in flight")
+    window.stop()
+    result.units = len(result.latencies)
+    await close_all(clients)
+    return result
+
+
+class Fanout:
+    """Receivers on /broadcast; one of them also sends."""
+
+    def __init__(self, server: Running) -> None:
+        self.server = server
+        self.clients: list[Client] = []
+        self.counts: list[int] = []
+        self.sent_at: list[float] = []
+        self.latencies: list[float] = []
+        self.expected = 0
+        self.warm = 0
+        self.target = 0
+        self.reached = asyncio.Event()
+        self.last_received = 0.0
+
+    def on_message(self, client: Client, kind: WSMsgType, frame: WSFrame) -> None:
+        data = frame.get_payload_as_memoryview()
+        if data[0] == 0x77:  # b"w", a warm-up: proves the receiver is registered
+            self.last_received = time.perf_counter()
+            if not client.flag:
+                client.flag = True
+                self.warm += 1
+            return
+        index = int(bytes(data[:8]))
+        self.counts[index] += 1
+        if self.counts[index] == self.expected:  # the last receiver got message `index`
+            self.latencies.append(time.perf_counter() - self.sent_at[index])
+            if len(self.latencies) >= self.target:
+                self.reached.set()
+
+    async def grow(self, receivers: int) -> None:
+        """Have ``receivers`` connections in all, each proven to receive broadcasts."""
+        more = receivers - len(self.clients)
+        self.clients += await open_connections(
+            f"{self.server.url}/broadcast", more, self.on_message
+        )
+        deadline = time.monotonic() + STUCK
+        while self.warm < len(self.clients):
+            if time.monotonic() > deadline:
+                raise CheckFailed(f"only {self.warm} of {receivers} receivers registered")
+            self.clients[0].send(WSMsgType.TEXT, b"w")
+            await asyncio.sleep(0.25)
+        # Stray warm-ups must not land in the measured window: wait for quiet.
+        while time.perf_counter() - self.last_received < 0.3:
+            if time.monotonic() > deadline:
+                raise CheckFailed("broadcast warm-up never went quiet")
+            await asyncio.sleep(0.05)
+
+    async def run(self, messages: int, paced: bool) -> Measurement:
+        """Send ``messages`` 32-byte messages, paced (one at a time) or in one burst."""
+        result = Measurement("delivery")
+        receivers = len(self.clients)
+        self.expected = receivers
+        self.counts = [0] * messages
+        self.sent_at = [0.0] * messages
+        self.latencies = []
+        payloads = [f"{i:08d}".encode().ljust(32, b".") for i in range(messages)]
+        sender = self.clients[0]
+        window = _Window(self.server, result)
+        window.start()
+        for i, payload in enumerate(payloads):
+            self.sent_at[i] = time.perf_counter()
+            sender.send(WSMsgType.TEXT, payload)
+            if paced:
+                await self._reach(i + 1)
+        await self._reach(messages)
+        window.stop()
+        result.units = messages * receivers
+        result.latencies = self.latencies
+        return result
+
+    async def _reach(self, delivered: int) -> None:
+        """Wait until ``delivered`` messages have reached every receiver."""
+        self.target = delivered
+        if len(self.latencies) < delivered:
+            self.reached.clear()
+            try:
+                await asyncio.wait_for(self.reached.wait(), STUCK)
+            except asyncio.TimeoutError:
+                missing = sum(self.expected - c for c in self.counts[:delivered])
+                raise CheckFailed(
+                    f"broadcast: {missing} deliveries missing after {STUCK:.0f}s"
+                ) from None
+
+    async def close(self) -> None:
+        await close_all(self.clients)
+
+
+async def handshakes(server: Running, count: int, concurrency: int = 50) -> Measurement:
+    """Open and close ``count`` connections to /echo, ``concurrency`` at a time."""
+    result = Measurement("handshake")
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with gate:
+            start = time.perf_counter()
+            transport, _ = await asyncio.wait_for(
+                ws_connect(Client, f"{server.url}/echo", read_buffer_init_size=2048), STUCK
+            )
+            result.latencies.append(time.perf_counter() - start)
+            transport.send_close(WSCloseCode.OK)
+            try:
+                await asyncio.wait_for(transport.wait_disconnected(), 10)
+            except asyncio.TimeoutError:
+                transport.disconnect()
+
+    window = _Window(server, result)
+    window.start()
+    await asyncio.gather(*(one() for _ in range(count)))
+    window.stop()
+    result.units = count
+    return result
+
+
+async def idle_memory(server: Running, count: int, settle: float = 1.0) -> Measurement:
+    """RSS growth of the server per idle connection on /echo, over ``count`` connections."""
+    result = Measurement("connection")
+    await asyncio.sleep(settle)
+    before = server.rss()
+    clients = await open_connections(f"{server.url}/echo", count)
+    await asyncio.sleep(settle)
+    after = server.rss()
+    result.units = count
+    result.bytes_per_unit = (after - before) / count
+    await close_all(clients)
+    return result
+
+
+async def _expect(
+    client: Client,
+    queue: asyncio.Queue[tuple[WSMsgType, bytes]],
+    kind: WSMsgType,
+    payload: bytes,
+    what: str,
+) -> None:
+    try:
+        got_kind, got = await asyncio.wait_for(queue.get(), 10)
+    except asyncio.TimeoutError:
+        raise CheckFailed(f"{what}: no reply in 10 s") from None
+    if got_kind != kind or got != payload:
+        raise CheckFailed(
+            f"{what}: expected {kind.name} of {len(payload)} bytes, "
+            f"got {got_kind.name} of {len(got)} bytes"
+        )
+
+
+def _collector() -> tuple[asyncio.Queue[tuple[WSMsgType, bytes]], Callable[..., None]]:
+    queue: asyncio.Queue[tuple[WSMsgType, bytes]] = asyncio.Queue()
+
+    def handle(client: Client, kind: WSMsgType, frame: WSFrame) -> None:
+        queue.put_nowait((kind, frame.get_payload_as_bytes()))
+
+    return queue, handle
+
+
+CHECK_SIZES = (0, 125, 126, 65535, 65536)
+
+
+async def check(server: Running) -> list[str]:
+    """Correctness: echo bytes and type at the length boundaries; broadcast to all, sender too.
+
+    Returns the checks that passed; raises :class:`CheckFailed` at the first that fails.
+    """
+    passed = []
+    queue, handle = _collector()
+    (client,) = await open_connections(f"{server.url}/echo", 1, handle)
+    for size in CHECK_SIZES:
+        text = (b"\xc3\xa9" * (size // 2)) + b"x" * (size % 2)  # valid UTF-8, "é"s
+        binary = bytes(i % 251 for i in range(size))
+        for kind, payload in ((WSMsgType.TEXT, text), (WSMsgType.BINARY, binary)):
+            client.send(kind, payload)
+            await _expect(client, queue, kind, payload, f"/echo {kind.name.lower()} {size} B")
+        passed.append(f"echo {size} B text+binary")
+    await close_all([client])
+    queues_handles = [_collector() for _ in range(3)]
+    clients = [
+        (await open_connections(f"{server.url}/broadcast", 1, h))[0] for _, h in queues_handles
+    ]
+    await asyncio.sleep(0.2)  # registration happens after the handshake on some servers
+    clients[1].send(WSMsgType.TEXT, b"to all")
+    clients[2].send(WSMsgType.BINARY, b"\x00\xffbin")
+    for (queue_, _), client_ in zip(queues_handles, clients):
+        await _expect(client_, queue_, WSMsgType.TEXT, b"to all", "/broadcast text")
+        await _expect(client_, queue_, WSMsgType.BINARY, b"\x00\xffbin", "/broadcast binary")
+    passed.append("broadcast to 3, sender included, types kept")
+    await close_all(clients)
+    return passed

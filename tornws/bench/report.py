@@ -1,0 +1,149 @@
+"""Turning a bench report into a table, JSON and a plot."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["jsonable", "plot", "ratio", "summary", "table"]
+
+BASELINE = "asyncio"
+
+
+def _figure(measurement: Any) -> float:
+    """The primary figure: server CPU µs per unit, or KiB per connection for memory."""
+    if measurement.bytes_per_unit is not None:
+        return float(measurement.bytes_per_unit) / 1024
+    return float(measurement.cpu_us_per_unit)
+
+
+def ratio(report: dict[str, Any], subject: str, workload: str) -> float:
+    """``subject``'s primary figure over the asyncio version's, same run; NaN if missing."""
+    try:
+        mine = report["subjects"][subject]["results"][workload]
+        base = report["subjects"][BASELINE]["results"][workload]
+    except KeyError:
+        return math.nan
+    base_figure = _figure(base)
+    return _figure(mine) / base_figure if base_figure else math.nan
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return "—" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def table(report: dict[str, Any]) -> str:
+    """Per workload, a block of subjects: figure, ratio, throughput, latency, load-gen CPU."""
+    machine = report["machine"]
+    lines = [
+        f"tornws bench{' --quick' if report['quick'] else ''} — {machine['date']}, "
+        f"{machine['cpu']} ×{machine['cpus']}, Python {machine['python']}, "
+        f"tornado {machine['tornado']}, websockets {machine.get('websockets', '?')}, "
+        f"picows {machine.get('picows', '?')}",
+        f"server pinned to CPU {report['pinning']['server_cpu']}, "
+        f"load generator to CPU {report['pinning']['loadgen_cpu']}; "
+        "figure = server CPU µs per unit (memory: KiB per connection); "
+        f"ratio = figure / {BASELINE}'s, same run",
+        "",
+    ]
+    subjects = report["subjects"]
+    for name, data in subjects.items():
+        if data["error"]:
+            lines.append(f"{name}: FAILED: {data['error']}")
+        else:
+            lines.append(f"{name}: checks passed: {', '.join(data['checks'])}")
+    lines.append("")
+    header = (
+        f"  {'subject':<12} {'figure':>9} {'ratio':>7} {'units/s':>11} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'loadgen':>8}"
+    )
+    for workload in report["workloads"]:
+        name = workload["name"]
+        lines.append(f"{name}  (unit: {workload['unit']})")
+        lines.append(header)
+        for subject, data in subjects.items():
+            m = data["results"].get(name)
+            if m is None:
+                lines.append(f"  {subject:<12} {'—':>9}")
+                continue
+            memory = m.bytes_per_unit is not None
+            loadgen = m.loadgen_cpu / m.seconds * 100 if m.seconds else math.nan
+            lines.append(
+                f"  {subject:<12} {_fmt(_figure(m)):>9} {_fmt(ratio(report, subject, name), 2):>6}×"
+                f" {'' if memory else _fmt(m.per_second, 0):>11}"
+                f" {'' if memory else _fmt(m.latency_ms(0.5), 2):>8}"
+                f" {'' if memory else _fmt(m.latency_ms(0.99), 2):>8}"
+                f" {'' if memory else _fmt(loadgen, 0) + '%':>8}"
+            )
+        lines.append("")
+    lines.append(summary(report))
+    return "\n".join(lines) + "\n"
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The README table: one row per workload, figure and ratio per subject."""
+    subjects = list(report["subjects"])
+    head = "| workload | " + " | ".join(subjects) + " |"
+    rule = "|---|" + "---|" * len(subjects)
+    rows = [head, rule]
+    for workload in report["workloads"]:
+        cells = []
+        for subject in subjects:
+            m = report["subjects"][subject]["results"].get(workload["name"])
+            if m is None:
+                cells.append("—")
+            else:
+                cells.append(
+                    f"{_fmt(_figure(m))} ({_fmt(ratio(report, subject, workload['name']), 2)}×)"
+                )
+        unit = "KiB/conn" if workload["unit"] == "KiB/conn" else f"µs/{workload['unit']}"
+        rows.append(f"| {workload['name']} ({unit}) | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def jsonable(report: dict[str, Any]) -> dict[str, Any]:
+    """The report with measurements as dicts and ratios added."""
+    subjects = {}
+    for name, data in report["subjects"].items():
+        results = {}
+        for workload, m in data["results"].items():
+            entry = m.as_dict()
+            entry["ratio_to_asyncio"] = round(ratio(report, name, workload), 3)
+            results[workload] = entry
+        subjects[name] = {"checks": data["checks"], "error": data["error"], "results": results}
+    return {**{k: v for k, v in report.items() if k != "subjects"}, "subjects": subjects}
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    """A grouped bar chart of the ratios to the asyncio version (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from ..exceptions import ConfigError
+
+        raise ConfigError("--plot needs matplotlib: pip install -e '.[plot]'") from None
+    workloads = [w["name"] for w in report["workloads"]]
+    subjects = list(report["subjects"])
+    width = 0.8 / len(subjects)
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    for i, subject in enumerate(subjects):
+        values = [ratio(report, subject, w) for w in workloads]
+        positions = [x + (i - (len(subjects) - 1) / 2) * width for x in range(len(workloads))]
+        ax.bar(positions, values, width, label=subject)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(workloads)))
+    ax.set_xticklabels(workloads, rotation=30, ha="right")
+    ax.set_ylabel("server CPU per unit, × the asyncio version (memory: KiB/conn ×)")
+    machine = report["machine"]
+    ax.set_title(
+        f"tornws bench, {machine['date']}: lower is better "
+        f"(Python {machine['python']}, tornado {machine['tornado']}, "
+        f"websockets {machine.get('websockets', '?')})"
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,172 @@
+"""The servers ``tornws bench`` measures: how to start them, pin them, and read their usage."""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..exceptions import ConfigError
+
+__all__ = [
+    "ASYNCIO_SERVER",
+    "Running",
+    "Subject",
+    "builtin_subjects",
+    "cpu_seconds",
+    "raise_open_files_limit",
+    "rss_bytes",
+]
+
+#: Where the asyncio version lives in a checkout of the tornws repository.
+ASYNCIO_SERVER = Path(__file__).resolve().parents[2] / "examples" / "asyncio_version" / "server.py"
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of process ``pid``, all its live threads, from /proc.
+
+    Read from ``/proc/<pid>/task/*/schedstat`` (the kernel's run time, in ns),
+    falling back to ``utime + stime`` in ``/proc/<pid>/stat`` (clock ticks of
+    10 ms, too coarse for short windows) where schedstat is not available.
+    """
+    try:
+        total = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat", "rb") as schedstat:
+                    total += int(schedstat.read().split()[0])
+            except FileNotFoundError:
+                continue  # the thread ended meanwhile
+        return total / 1e9
+    except FileNotFoundError:
+        pass
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        data = stat.read()
+    fields = data[data.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process ``pid``, from /proc."""
+    with open(f"/proc/{pid}/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * _PAGE
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft open-files limit to the hard limit; return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Subject:
+    """A server to measure: a command to start (``{port}`` is replaced) or a running pid."""
+
+    name: str
+    command: list[str] = field(default_factory=list)
+    url: str = ""
+    pid: int = 0
+
+    def __post_init__(self) -> None:
+        if self.url:
+            _check_loopback(self.url)
+
+    def start(self, cpu: int | None) -> Running:
+        """Start the server (or attach to it), pinned to ``cpu`` when given."""
+        if not self.command:
+            return Running(self, self.url.rstrip("/"), self.pid, None)
+        port = _free_port()
+        process = subprocess.Popen(
+            [part.replace("{port}", str(port)) for part in self.command],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,  # inherits the raised open-files limit (see run())
+        )
+        if cpu is not None:
+            os.sched_setaffinity(process.pid, {cpu})
+        running = Running(self, f"ws://127.0.0.1:{port}", process.pid, process)
+        running.wait_listening(port)
+        return running
+
+
+@dataclass
+class Running:
+    subject: Subject
+    url: str
+    pid: int
+    process: subprocess.Popen[bytes] | None
+
+    def wait_listening(self, port: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                error = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise ConfigError(f"{self.subject.name} exited at start:\n{error}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise ConfigError(f"{self.subject.name} did not listen on 127.0.0.1:{port}")
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def rss(self) -> int:
+        return rss_bytes(self.pid)
+
+    def stop(self) -> None:
+        """Stop a server this bench started (SIGTERM, then SIGKILL after 10 s)."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stderr:
+            process.stderr.close()
+
+
+def _check_loopback(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme != "ws" or parts.hostname not in LOOPBACK:
+        raise ConfigError(f"--url must be ws:// on 127.0.0.1 or [::1] (got {url!r})")
+
+
+def builtin_subjects(asyncio_server: Path = ASYNCIO_SERVER) -> list[Subject]:
+    """tornws's demo app, the asyncio version, and the raw-Tornado baseline."""
+    if not asyncio_server.is_file():
+        raise ConfigError(
+            f"the asyncio version is not at {asyncio_server}: run tornws bench from a checkout "
+            "of the tornws repository (pip install -e .) or pass --asyncio-server PATH"
+        )
+    python = sys.executable
+    quiet = ["--log-level", "warning"]
+    return [
+        Subject("tornws", [python, "-m", "tornws", "serve", "--port", "{port}", *quiet]),
+        Subject("asyncio", [python, str(asyncio_server), "--port", "{port}", *quiet]),
+        Subject("raw-tornado", [python, "-m", "tornws.bench.raw_tornado", "--port", "{port}"]),
+    ]
