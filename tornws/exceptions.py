@@ -6,8 +6,10 @@ Every exception tornws defines derives from :class:`TornwsError`::
      ├── HandshakeError   (also tornado.web.HTTPError) the request is refused
      │                    before the upgrade: an HTTP status and a plain-text body
      │                    that says what to change
-     └── ConfigError      (also ValueError) tornws was configured wrongly, e.g. a
-                          bad ``--app module:factory`` or an invalid room name
+     ├── ConfigError      (also ValueError) tornws was configured wrongly, e.g. a
+     │                    bad ``--app module:factory`` or an invalid room name
+     └── ProtocolError    the peer broke RFC 6455 (the peer's fault): carries the
+                          close code the connection is failed with
 
 Errors on a connection that is already open are answered with a close code
 (see :class:`tornws.frames.CloseCode`) or, in the ``chat.json`` protocol, with an
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import tornado.web
 
-__all__ = ["ConfigError", "HandshakeError", "TornwsError"]
+__all__ = ["ConfigError", "HandshakeError", "ProtocolError", "TornwsError"]
 
 
 class TornwsError(Exception):
@@ -43,3 +45,17 @@ class HandshakeError(TornwsError, tornado.web.HTTPError):
 
 class ConfigError(TornwsError, ValueError):
     """tornws was configured in a way it cannot run with; the message says how to fix it."""
+
+
+class ProtocolError(TornwsError):
+    """The peer sent something RFC 6455 forbids; the connection fails with ``code``.
+
+    Raised by :class:`tornws.frames.Reader`; the data plane answers it with a
+    close frame carrying ``code`` (1002 protocol error, 1007 invalid data, 1009
+    message too big) and closes the connection.
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason

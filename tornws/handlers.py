@@ -38,6 +38,7 @@ from . import chat
 from .broker import Envelope
 from .exceptions import HandshakeError
 from .frames import CloseCode, Message
+from .protocol import Protocol
 from .registry import Registry
 
 __all__ = [
@@ -107,6 +108,9 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     subprotocols: ClassVar[tuple[str, ...]] = ()
     #: Refuse (HTTP 400) clients that offer no subprotocol at all.
     subprotocol_required: ClassVar[bool] = False
+    #: Run connections on Tornado's own data plane instead of tornws's (for
+    #: comparison or debugging; slower, and without tornws's protocol checks).
+    tornado_data_plane: ClassVar[bool] = False
 
     #: How published envelopes are turned into messages for this connection.
     codec: chat.TextCodec | chat.JsonCodec | _Verbatim = VERBATIM
@@ -280,15 +284,35 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     # tornws additions
 
+    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
+        """tornws's data plane (:class:`tornws.protocol.Protocol`), unless
+        :attr:`tornado_data_plane` asks for Tornado's own."""
+        if self.tornado_data_plane:
+            return super().get_websocket_protocol()
+        if self.request.headers.get("Sec-WebSocket-Version") != "13":
+            return None  # Tornado answers 426 with the supported version
+        params = tornado.websocket._WebSocketParams(
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            max_message_size=self.max_message_size,
+            compression_options=self.get_compression_options(),
+        )
+        return Protocol(self, False, params)
+
     def send(self, message: Message) -> bool:
         """Queue ``message`` for this connection without waiting.
 
         Returns ``False`` (and sends nothing) when the connection is closed or
         closing. Unlike ``write_message`` it never raises for a closed
-        connection, which is what a fan-out wants.
+        connection, which is what a fan-out wants, and it sends the message's
+        frame bytes as they are, shared with every other receiver.
         """
         connection = self.ws_connection
-        if connection is None or connection.is_closing():
+        if connection is None:
+            return False
+        if type(connection) is Protocol:
+            return connection.send_message(message)
+        if connection.is_closing():
             return False
         try:
             future = connection.write_message(message.payload, binary=message.binary)
@@ -304,7 +328,11 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         """
         message = envelope.encode(self.codec)
         if message is not None:
-            self.send(message)
+            connection = self.ws_connection
+            if type(connection) is Protocol:  # the hot path, one call shorter
+                connection.send_message(message)
+            else:
+                self.send(message)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.request.path} id={self.connection_id}>"
@@ -339,6 +367,14 @@ class BroadcastHandler(WebSocketHandler):
 
     def on_message(self, message: str | bytes) -> None:
         self.registry.publish(self.room, Message(message))
+
+    def deliver(self, envelope: Envelope) -> None:
+        message = envelope.payload
+        connection = self.ws_connection
+        if type(connection) is Protocol and type(message) is Message:
+            connection.send_message(message)
+        else:
+            super().deliver(envelope)
 
 
 class ChatHandler(WebSocketHandler):

@@ -1,0 +1,213 @@
+"""tornws's data plane over real sockets: what a client sees of it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import random
+import struct
+from typing import Any
+
+import pytest
+import tornado.web
+import tornado.websocket
+from test_frames import client_frame
+
+import tornws
+from tornws.frames import Opcode
+from tornws.protocol import Protocol
+
+from wsclient import recv, recv_until_closed
+
+
+class SlowEcho(tornws.WebSocketHandler):
+    """A coroutine on_message that takes a random time: replies must keep the order."""
+
+    async def on_message(self, message: str | bytes) -> None:
+        await asyncio.sleep(random.random() / 200)
+        await self.write_message(message)
+
+
+class Bulk(tornws.WebSocketHandler):
+    """Sends N bytes in one message when asked, and reports what it could measure."""
+
+    def on_message(self, message: str | bytes) -> None:
+        size = int(message)
+        future = self.write_message(b"z" * size, binary=True)
+        self.write_message(f"queued {self.ws_connection.buffered_amount > 0}")  # type: ignore[union-attr]
+        future.add_done_callback(lambda f: self.write_message(f"flushed {f.result()}"))
+
+
+class Closer(tornws.WebSocketHandler):
+    def initialize(self, outcome: list[str], **options: Any) -> None:
+        super().initialize(**options)
+        self.outcome = outcome
+
+    async def on_message(self, message: str | bytes) -> None:
+        self.close(4000, "as asked")
+        try:
+            await self.write_message("too late")
+        except tornado.websocket.WebSocketClosedError:
+            self.outcome.append("WebSocketClosedError")
+        else:
+            self.outcome.append("sent after close")
+
+
+class TornadoPlane(tornws.EchoHandler):
+    tornado_data_plane = True
+
+
+@pytest.fixture
+def outcome() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def app(registry: tornws.Registry, outcome: list[str]) -> Any:
+    return tornado.web.Application(
+        [
+            (r"/slow", SlowEcho),
+            (r"/bulk", Bulk),
+            (r"/closer", Closer, {"outcome": outcome}),
+            (r"/tornado", TornadoPlane),
+            *tornws.routes(registry=registry),
+        ]
+    )
+
+
+async def raw_upgrade(port: int, path: str = "/echo") -> tuple[asyncio.StreamReader, Any]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101")
+    return reader, writer
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    first, second = await asyncio.wait_for(reader.readexactly(2), 5)
+    length = second & 0x7F
+    if length == 126:
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+    elif length == 127:
+        (length,) = struct.unpack("!Q", await reader.readexactly(8))
+    return first & 0x0F, await reader.readexactly(length)
+
+
+@pytest.mark.gen_test
+async def test_protocol_is_tornws(ws_url: str, ws_connect: Any, registry: Any) -> None:
+    """tornws handlers run on tornws's Protocol; tornado_data_plane=True keeps Tornado's."""
+    await ws_connect(f"{ws_url}/broadcast")
+    await asyncio.sleep(0.05)
+    (handler,) = registry.connections
+    assert type(handler.ws_connection) is Protocol
+    connection = await ws_connect(f"{ws_url}/tornado")
+    await connection.write_message("old plane")
+    assert await recv(connection) == "old plane"
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (client_frame(Opcode.TEXT, b"hi", masked=False), 1002),
+        (client_frame(Opcode.CLOSE, struct.pack("!H", 1004)), 1002),
+        (client_frame(Opcode.TEXT, b"\xc3\x28"), 1007),
+        (client_frame(0x5, b""), 1002),
+    ],
+    ids=["unmasked", "invalid-close-code", "invalid-utf8", "reserved-opcode"],
+)
+async def test_protocol_violations_fail_with_the_code(
+    http_port: int, http_server: Any, frame: bytes, code: int
+) -> None:
+    """A peer breaking RFC 6455 gets a close frame with 1002/1007, then TCP is closed."""
+    reader, writer = await raw_upgrade(http_port)
+    writer.write(frame)
+    opcode, payload = await read_frame(reader)
+    assert opcode == Opcode.CLOSE
+    assert struct.unpack("!H", payload[:2])[0] == code
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # the server closed TCP
+    writer.close()
+
+
+@pytest.mark.gen_test
+async def test_protocol_pipelined_frames_in_one_packet(http_port: int, http_server: Any) -> None:
+    """Many frames arriving in one TCP segment, with the handshake, are all answered in order."""
+    reader, writer = await raw_upgrade(http_port)
+    writer.write(b"".join(client_frame(Opcode.TEXT, str(i).encode()) for i in range(500)))
+    replies = [await read_frame(reader) for _ in range(500)]
+    assert [payload.decode() for _, payload in replies] == [str(i) for i in range(500)]
+    writer.close()
+
+
+@pytest.mark.gen_test
+async def test_protocol_answers_pings(http_port: int, http_server: Any) -> None:
+    """A ping gets a pong with the same payload, between messages, in order."""
+    reader, writer = await raw_upgrade(http_port)
+    writer.write(
+        client_frame(Opcode.TEXT, b"a")
+        + client_frame(Opcode.PING, b"are you there")
+        + client_frame(Opcode.TEXT, b"b")
+    )
+    frames = [await read_frame(reader) for _ in range(3)]
+    assert frames == [(Opcode.TEXT, b"a"), (Opcode.PONG, b"are you there"), (Opcode.TEXT, b"b")]
+    writer.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_protocol_coroutine_on_message_keeps_order(ws_url: str, ws_connect: Any) -> None:
+    """A coroutine on_message holds reading: replies come back in the order sent."""
+    connection = await ws_connect(f"{ws_url}/slow")
+    for i in range(100):
+        connection.write_message(str(i))
+    assert [await recv(connection) for _ in range(100)] == [str(i) for i in range(100)]
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_protocol_queues_what_the_kernel_does_not_take(
+    http_port: int, http_server: Any
+) -> None:
+    """A 20 MB message to a peer that is not reading is queued, then delivered whole."""
+    reader, writer = await raw_upgrade(http_port, "/bulk")
+    writer.write(client_frame(Opcode.TEXT, b"20000000"))
+    await asyncio.sleep(0.3)  # not reading: the kernel buffers fill up
+    opcode, payload = await read_frame(reader)
+    assert opcode == Opcode.BINARY and payload == b"z" * 20_000_000
+    assert await read_frame(reader) == (Opcode.TEXT, b"queued True")
+    assert await read_frame(reader) == (Opcode.TEXT, b"flushed None")
+    writer.close()
+
+
+@pytest.mark.gen_test
+async def test_protocol_server_close(ws_url: str, ws_connect: Any, outcome: list[str]) -> None:
+    """close(code, reason) reaches the client; a write after it raises WebSocketClosedError."""
+    connection = await ws_connect(f"{ws_url}/closer")
+    await connection.write_message("close please")
+    assert await recv_until_closed(connection) == []
+    assert (connection.close_code, connection.close_reason) == (4000, "as asked")
+    assert outcome == ["WebSocketClosedError"]
+
+
+@pytest.mark.gen_test
+async def test_protocol_client_close_code_reaches_handler(
+    ws_url: str, ws_connect: Any, registry: Any
+) -> None:
+    """The client's close code and reason become the handler's close_code/close_reason."""
+    closed: list[tuple[Any, Any]] = []
+    connection = await ws_connect(f"{ws_url}/broadcast")
+    await asyncio.sleep(0.05)
+    (handler,) = registry.connections
+    handler.on_close = lambda: closed.append((handler.close_code, handler.close_reason))
+    connection.close(4321, "bye now")
+    for _ in range(100):
+        if closed:
+            break
+        await asyncio.sleep(0.01)
+    assert closed == [(4321, "bye now")]

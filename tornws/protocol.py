@@ -1,0 +1,469 @@
+"""tornws's data plane: what runs a WebSocket connection after Tornado's upgrade.
+
+Tornado parses the HTTP request, runs the handler's hooks (``prepare``,
+``check_origin``, ``select_subprotocol``, ``get_compression_options``) and
+sends the 101 exactly as usual. Then :class:`Protocol` takes the socket over
+from Tornado's ``IOStream``:
+
+- **Reading**: the socket is registered with the event loop once; each time it
+  is readable, one ``recv_into`` fills a buffer shared by every connection, and
+  every complete frame in it is parsed (:class:`tornws.frames.Reader`) and
+  dispatched. No future is awaited per frame.
+- **Writing**: a frame goes straight to the socket with ``send`` when nothing is
+  queued for this connection; only what the kernel does not take is queued
+  (in order) and written when the socket is writable. No Task, Future or
+  closure is created per message; ``write_message`` returns an already-done
+  future unless the write had to be queued.
+- **Fan-out** hands the same frame bytes (:attr:`tornws.frames.Message.frame`)
+  to every receiver.
+
+Every public ``WebSocketHandler`` behaviour is kept: ``write_message`` returns
+an awaitable and raises ``WebSocketClosedError``; a coroutine ``on_message``
+pauses reading until it finishes (order kept); ``close(code, reason)`` flushes,
+then closes, aborting after 5 s; ``ping``/``on_ping``/``on_pong``;
+``close_code``/``close_reason``; ``selected_subprotocol``; permessage-deflate
+(Tornado's negotiation and compressors); ``websocket_ping_interval``/``timeout``
+and ``websocket_max_message_size``. TCP_NODELAY is on.
+
+Private Tornado parts this relies on (checked against each Tornado release in
+the supported range by the test suite): ``WebSocketProtocol13`` (subclassed for
+its handshake), ``IOStream._read_buffer``/``_read_buffer_size`` (bytes read past
+the request), ``IOStream._state``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import socket
+from typing import Any
+
+import tornado.escape
+import tornado.websocket
+
+from .exceptions import ProtocolError
+from .frames import CloseCode, Message, Opcode, Reader, encode_close, encode_frame
+
+__all__ = ["CLOSE_TIMEOUT", "Protocol"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds a closing connection waits for the peer before the socket is closed anyway.
+CLOSE_TIMEOUT = 5.0
+#: Messages handled from one read before yielding to the event loop, so that a
+#: flood on one connection cannot starve the others.
+YIELD_EVERY = 256
+#: One receive buffer shared by every connection (parsing copies what it keeps).
+_RECEIVE = bytearray(256 * 1024)
+_RECEIVE_VIEW = memoryview(_RECEIVE)
+
+
+class Protocol(tornado.websocket.WebSocketProtocol13):
+    """A ``WebSocketProtocol13`` whose data plane is tornws's (see the module docstring)."""
+
+    def __init__(self, handler: Any, mask_outgoing: bool, params: Any) -> None:
+        super().__init__(handler, mask_outgoing, params)
+        self._sock: socket.socket | None = None
+        self._fd = -1
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader: Reader | None = None
+        self._queue: collections.deque[memoryview] = collections.deque()
+        self._queued = 0  # bytes in _queue
+        self._written = 0  # bytes the kernel took from _queue, ever
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._done: asyncio.Future[None] | None = None
+        self._writing = False  # a writer callback is registered
+        self._finished = False  # socket closed, handler told
+        self._close_after_flush = False
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._opened = False  # open() returned: messages may be delivered
+        self._handled = 0  # messages handled in the current slice (see YIELD_EVERY)
+        self._ping_sent_at: float | None = None  # a ping awaits its pong since then
+        self._last_ping = 0.0
+
+    # Taking over from Tornado
+
+    def start_pinging(self) -> None:
+        """Called by Tornado right after it detached the stream from HTTP: take the socket.
+
+        (Then keepalive starts, as the name says.)
+        """
+        stream = self.stream
+        self._loop = asyncio.get_running_loop()
+        if stream.writing():  # the 101 is not fully sent: let Tornado finish
+            stream.write(b"").add_done_callback(lambda _: self._take_socket())
+        else:
+            self._take_socket()
+        interval = self.ping_interval
+        if interval > 0:
+            self._last_ping = self._loop.time()
+            self._ping_timer = self._loop.call_later(interval, self._keepalive)
+
+    def _take_socket(self) -> None:
+        stream = self.stream
+        if stream.closed():
+            self._abort()
+            return
+        sock = stream.socket
+        leftover = bytes(stream._read_buffer[: stream._read_buffer_size])
+        if stream._state is not None:
+            stream.io_loop.remove_handler(sock)
+            stream._state = None
+        self._sock = sock
+        self._fd = sock.fileno()
+        with contextlib.suppress(OSError):  # not TCP (a Unix socket)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        decompressor = self._decompressor
+        self._reader = Reader(
+            self,
+            max_size=self.params.max_message_size,
+            inflate=decompressor.decompress if decompressor is not None else None,
+        )
+        if self._queue:
+            self._flush()
+        if leftover:
+            reader = self._reader
+            reader.paused = not self._opened  # kept until open() has returned
+            self._receive(leftover)
+        if self._opened:
+            self._start_reading()
+
+    async def _receive_frame_loop(self) -> None:
+        # Tornado awaits this once open() has returned. tornws's reading runs
+        # from the event loop's reader callback: start it and return.
+        self._opened = True
+        if self._reader is not None and not self._finished:
+            self._resume(None)
+
+    def _start_reading(self) -> None:
+        if self._sock is not None and not self.client_terminated and not self._finished:
+            assert self._loop is not None
+            self._loop.add_reader(self._fd, self._on_readable)
+
+    # Reading
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            count = sock.recv_into(_RECEIVE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._abort()
+            return
+        if count == 0:  # the peer closed TCP
+            self._abort()
+            return
+        self._receive(_RECEIVE_VIEW[:count])
+
+    def _receive(self, data: bytes | memoryview) -> None:
+        reader = self._reader
+        assert reader is not None
+        self._handled = 0
+        try:
+            reader.feed(data)
+        except ProtocolError as exc:
+            self._fail(exc.code, exc.reason)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 7.1.7): send a close frame, then close TCP."""
+        request = getattr(self.handler, "request", None)
+        log.info(
+            "failing connection %s peer=%s: %d %s",
+            request.path if request else "?",
+            request.remote_ip if request else "?",
+            code,
+            reason,
+        )
+        self.client_terminated = True  # read nothing more
+        self.close(code, reason)
+
+    # Reader delegate
+
+    def on_data(self, message: str | bytes) -> None:
+        if self.client_terminated or self.server_terminated:
+            return  # closing: messages after our close frame are not delivered
+        result = self._run_callback(self.handler.on_message, message)
+        reader = self._reader
+        if reader is None:  # the connection ended inside on_message
+            return
+        if result is not None:  # a coroutine: keep order by reading nothing until it is done
+            self._pause(reader)
+            result.add_done_callback(self._resume)
+            return
+        self._handled += 1
+        if self._handled >= YIELD_EVERY:  # let other connections run, then go on
+            self._pause(reader)
+            assert self._loop is not None
+            self._loop.call_soon(self._resume, None)
+
+    def _pause(self, reader: Reader) -> None:
+        reader.paused = True
+        self._stop_reading()
+
+    def _resume(self, _: object) -> None:
+        reader = self._reader
+        if reader is None or self._finished:
+            return
+        self._handled = 0
+        try:
+            reader.resume()
+        except ProtocolError as exc:
+            self._fail(exc.code, exc.reason)
+            return
+        if not reader.paused:
+            self._start_reading()
+
+    def on_ping(self, payload: bytes) -> None:
+        self._send(encode_frame(Opcode.PONG, payload))
+        self._run_callback(self.handler.on_ping, payload)
+
+    def on_pong(self, payload: bytes) -> None:
+        self._ping_sent_at = None
+        self._received_pong = True
+        self._run_callback(self.handler.on_pong, payload)
+
+    def on_close_frame(self, code: int | None, reason: str) -> None:
+        self.client_terminated = True
+        self.close_code = code
+        self.close_reason = reason or None
+        self._stop_reading()
+        self.close(code)  # echo the code (RFC 6455 5.5.1); closes TCP once flushed
+
+    # Writing
+
+    def send_message(self, message: Message) -> bool:
+        """Queue ``message`` (its shared frame unless compressing); ``False`` if closing.
+
+        The fan-out hot path: when nothing is queued, the frame goes straight to
+        the socket, with no allocation.
+        """
+        if self.server_terminated or self._finished:
+            return False
+        if self._compressor is None:
+            sock = self._sock
+            if self._queue or sock is None:
+                self._send(message.frame)
+                return True
+            frame = message.frame
+            try:
+                sent = sock.send(frame)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._abort()
+                return False
+            if sent < len(frame):
+                self._queue.append(memoryview(frame)[sent:])
+                self._queued += len(frame) - sent
+                self._start_writing()
+        else:
+            opcode = Opcode.BINARY if message.binary else Opcode.TEXT
+            payload = self._compressor.compress(message.payload)
+            self._send(encode_frame(opcode, payload, rsv1=True))
+        return True
+
+    def write_message(
+        self, message: str | bytes | dict[str, Any], binary: bool = False
+    ) -> asyncio.Future[None]:
+        if self.server_terminated or self._finished:
+            raise tornado.websocket.WebSocketClosedError()
+        if isinstance(message, dict):
+            message = tornado.escape.json_encode(message)
+        payload = tornado.escape.utf8(message)
+        opcode = Opcode.BINARY if binary else Opcode.TEXT
+        if self._compressor is not None:
+            self._send(encode_frame(opcode, self._compressor.compress(payload), rsv1=True))
+        else:
+            self._send(encode_frame(opcode, payload))
+        return self._write_future()
+
+    def write_ping(self, data: bytes) -> None:
+        if self.server_terminated or self._finished:
+            raise tornado.websocket.WebSocketClosedError()
+        self._send(encode_frame(Opcode.PING, data))
+
+    def _write_future(self) -> asyncio.Future[None]:
+        """Done now if nothing is queued; else done once the kernel took this write."""
+        assert self._loop is not None
+        if not self._queue:
+            done = self._done
+            if done is None:
+                done = self._done = self._loop.create_future()
+                done.set_result(None)
+            return done
+        future = self._loop.create_future()
+        self._waiters.append((self._written + self._queued, future))
+        return future
+
+    def _send(self, frame: bytes) -> None:
+        if self._queue or self._sock is None:
+            self._queue.append(memoryview(frame))
+            self._queued += len(frame)
+            return
+        try:
+            sent = self._sock.send(frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._abort()
+            return
+        if sent < len(frame):
+            self._queue.append(memoryview(frame)[sent:])
+            self._queued += len(frame) - sent
+            self._start_writing()
+
+    def _start_writing(self) -> None:
+        if not self._writing and self._sock is not None:
+            assert self._loop is not None
+            self._writing = True
+            self._loop.add_writer(self._fd, self._flush)
+
+    def _flush(self) -> None:
+        sock = self._sock
+        queue = self._queue
+        if sock is None:
+            return
+        while queue:
+            chunk = queue[0]
+            try:
+                sent = sock.send(chunk)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._abort()
+                return
+            self._written += sent
+            self._queued -= sent
+            if sent < len(chunk):
+                queue[0] = chunk[sent:]
+                break
+            queue.popleft()
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= self._written:
+            future = waiters.popleft()[1]
+            if not future.done():
+                future.set_result(None)
+        if queue:
+            self._start_writing()
+        else:
+            if self._writing:
+                assert self._loop is not None
+                self._writing = False
+                self._loop.remove_writer(self._fd)
+            if self._close_after_flush:
+                self._finish()
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes queued for this connection that the kernel has not taken yet."""
+        return self._queued
+
+    # Closing
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """Start the closing handshake (or answer the peer's); idempotent."""
+        if self._finished:
+            return
+        if not self.server_terminated:
+            self.server_terminated = True
+            if code is None and reason is not None:
+                code = CloseCode.NORMAL_CLOSURE
+            self._send(encode_frame(Opcode.CLOSE, encode_close(code, reason or "")))
+        self._cancel_ping()
+        if self.client_terminated:
+            self._stop_reading()
+            if self._queue or self._sock is None:
+                self._close_after_flush = True
+                self._start_writing()
+            else:
+                self._finish()
+        if not self._finished and self._close_timer is None and self._loop is not None:
+            self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, self._abort)
+
+    def is_closing(self) -> bool:
+        return self._finished or self.client_terminated or self.server_terminated
+
+    def _abort(self) -> None:
+        """Close the socket now, without a closing handshake."""
+        self.client_terminated = True
+        self.server_terminated = True
+        self._finish()
+
+    def on_connection_close(self) -> None:
+        self._abort()
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._cancel_ping()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        sock = self._sock
+        if sock is not None:
+            loop = self._loop
+            assert loop is not None
+            loop.remove_reader(self._fd)
+            if self._writing:
+                loop.remove_writer(self._fd)
+                self._writing = False
+            sock.close()
+            self._sock = None
+        elif self.stream is not None and not self.stream.closed():
+            self.stream.close()
+        closed = tornado.websocket.WebSocketClosedError()
+        while self._waiters:
+            future = self._waiters.popleft()[1]
+            if not future.done():
+                future.set_exception(closed)
+                future.exception()  # a caller that never awaits it is not an error
+        self._queue.clear()
+        self._queued = 0
+        self._reader = None
+        handler = self.handler
+        handler.on_ws_connection_close(self.close_code, self.close_reason)
+
+    def _stop_reading(self) -> None:
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._fd)
+
+    # Keepalive
+
+    def _keepalive(self) -> None:
+        """Ping every ``ping_interval``; close 1011 when a pong is ``ping_timeout`` late."""
+        self._ping_timer = None
+        if self.is_closing():
+            return
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        interval, timeout = self.ping_interval, self.ping_timeout
+        if self._ping_sent_at is not None:
+            if timeout > 0 and now >= self._ping_sent_at + timeout:
+                log.info("closing connection: no pong within %.1f s", timeout)
+                self.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                return
+        elif now >= self._last_ping + interval:
+            self._ping_sent_at = self._last_ping = now
+            self._received_pong = False
+            self._send(encode_frame(Opcode.PING, b""))
+        due = self._last_ping + interval
+        if self._ping_sent_at is not None and timeout > 0:
+            due = min(due, self._ping_sent_at + timeout)
+        self._ping_timer = loop.call_at(due, self._keepalive)
+
+    def _cancel_ping(self) -> None:
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
+
+    def set_nodelay(self, x: bool) -> None:
+        if self._sock is not None:
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if x else 0)
