@@ -328,11 +328,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         """
         message = envelope.encode(self.codec)
         if message is not None:
-            connection = self.ws_connection
-            if type(connection) is Protocol:  # the hot path, one call shorter
-                connection.send_message(message)
-            else:
-                self.send(message)
+            self.send(message)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.request.path} id={self.connection_id}>"
@@ -367,14 +363,6 @@ class BroadcastHandler(WebSocketHandler):
 
     def on_message(self, message: str | bytes) -> None:
         self.registry.publish(self.room, Message(message))
-
-    def deliver(self, envelope: Envelope) -> None:
-        message = envelope.payload
-        connection = self.ws_connection
-        if type(connection) is Protocol and type(message) is Message:
-            connection.send_message(message)
-        else:
-            super().deliver(envelope)
 
 
 class ChatHandler(WebSocketHandler):

@@ -246,22 +246,7 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         if self.server_terminated or self._finished:
             return False
         if self._compressor is None:
-            sock = self._sock
-            if self._queue or sock is None:
-                self._send(message.frame)
-                return True
-            frame = message.frame
-            try:
-                sent = sock.send(frame)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                self._abort()
-                return False
-            if sent < len(frame):
-                self._queue.append(memoryview(frame)[sent:])
-                self._queued += len(frame) - sent
-                self._start_writing()
+            self._send(message.frame)
         else:
             opcode = Opcode.BINARY if message.binary else Opcode.TEXT
             payload = self._compressor.compress(message.payload)
