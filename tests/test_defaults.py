@@ -56,7 +56,7 @@ class TestDefaults:
         connection = await ws_connect(f"{ws_url}/custom", compression_options={})
         assert await recv(connection) == (
             '{"max_message_size": 10, "ping_interval": 20.0, "ping_timeout": 20.0, '
-            '"compression": {}}'
+            '"compression": {"compression_level": 1, "mem_level": 5}}'
         )
 
     @pytest.mark.gen_test

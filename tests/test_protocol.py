@@ -211,3 +211,22 @@ async def test_protocol_client_close_code_reaches_handler(
             break
         await asyncio.sleep(0.01)
     assert closed == [(4321, "bye now")]
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_protocol_burst_broadcast_keeps_order(
+    http_port: int, http_server: Any, ws_url: str, ws_connect: Any
+) -> None:
+    """A burst published from one read reaches every receiver complete and in order.
+
+    (Frames from one read are coalesced per receiver into one send.)
+    """
+    receivers = [await ws_connect(f"{ws_url}/broadcast") for _ in range(3)]
+    reader, writer = await raw_upgrade(http_port, "/broadcast")
+    await asyncio.sleep(0.05)
+    writer.write(b"".join(client_frame(Opcode.TEXT, f"m{i}".encode()) for i in range(300)))
+    for receiver in receivers:
+        assert [await recv(receiver) for _ in range(300)] == [f"m{i}" for i in range(300)]
+    own = [await read_frame(reader) for _ in range(300)]
+    assert [payload.decode() for _, payload in own] == [f"m{i}" for i in range(300)]
+    writer.close()

@@ -42,6 +42,7 @@ from .protocol import Protocol
 from .registry import Registry
 
 __all__ = [
+    "DEFAULT_COMPRESSION",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_PING_TIMEOUT",
@@ -60,6 +61,12 @@ DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 DEFAULT_PING_INTERVAL = 20.0
 #: Seconds without a pong before the connection is closed.
 DEFAULT_PING_TIMEOUT = 20.0
+#: permessage-deflate settings under whatever ``compression`` gives. Level 1:
+#: on Autobahn case 12.3.15 (1000 × 128 KiB) the server spent 4.9 s of CPU at
+#: level 1 against 12.9 s at Tornado's level 6, for chat-sized JSON 2.3 µs
+#: against 3.4 µs per message at the same ratio (0.106 vs 0.105). Memory level 5
+#: (as the websockets library): 16 KiB of hash table per compressor instead of 128.
+DEFAULT_COMPRESSION = {"compression_level": 1, "mem_level": 5}
 
 # Connection ids: unique within the process, and across processes with high
 # probability (for brokers that span processes).
@@ -177,8 +184,11 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         return timeout
 
     def get_compression_options(self) -> dict[str, Any] | None:
-        """``None`` (no permessage-deflate) unless ``compression`` was given."""
-        return self._compression
+        """``None`` (no permessage-deflate) unless ``compression`` was given, then
+        :data:`DEFAULT_COMPRESSION` updated with it."""
+        if self._compression is None:
+            return None
+        return {**DEFAULT_COMPRESSION, **self._compression}
 
     def check_origin(self, origin: str) -> bool:
         """Same host (Tornado's rule), or an origin listed in ``origins``."""
@@ -328,7 +338,11 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         """
         message = envelope.encode(self.codec)
         if message is not None:
-            self.send(message)
+            connection = self.ws_connection
+            if type(connection) is Protocol:  # the fan-out hot path: one call less
+                connection.send_message(message)
+            else:
+                self.send(message)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.request.path} id={self.connection_id}>"

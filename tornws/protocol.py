@@ -55,6 +55,33 @@ CLOSE_TIMEOUT = 5.0
 #: Messages handled from one read before yielding to the event loop, so that a
 #: flood on one connection cannot starve the others.
 YIELD_EVERY = 256
+
+
+class _Batch:
+    """Coalescing of the frames that one read's messages produce (see ``Protocol.on_data``).
+
+    While one read is being handled, once a second message is being dispatched,
+    frames for every connection are held (``active``) and each connection that
+    got some is sent them all in one ``send`` when the read is done: a burst of
+    N published messages costs each receiver one system call, not N. A single
+    message per read (the common case) is never held.
+    """
+
+    __slots__ = ("active", "dirty")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.dirty: list[Protocol] = []
+
+    def flush(self) -> None:
+        self.active = False
+        dirty, self.dirty = self.dirty, []
+        for protocol in dirty:
+            protocol._uncork()
+
+
+_batch = _Batch()
+
 #: One receive buffer shared by every connection (parsing copies what it keeps).
 _RECEIVE = bytearray(256 * 1024)
 _RECEIVE_VIEW = memoryview(_RECEIVE)
@@ -70,8 +97,11 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: Reader | None = None
         self._queue: collections.deque[memoryview] = collections.deque()
+        self._held: list[bytes] | None = None  # frames held by the current _Batch
+        self._held_size = 0
         self._queued = 0  # bytes in _queue
-        self._written = 0  # bytes the kernel took from _queue, ever
+        self._submitted = 0  # bytes given to _send, ever
+        self._sent = 0  # bytes the kernel took, ever
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self._done: asyncio.Future[None] | None = None
         self._writing = False  # a writer callback is registered
@@ -169,6 +199,9 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
             reader.feed(data)
         except ProtocolError as exc:
             self._fail(exc.code, exc.reason)
+        finally:
+            if _batch.active:
+                _batch.flush()
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 7.1.7): send a close frame, then close TCP."""
@@ -188,6 +221,8 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
     def on_data(self, message: str | bytes) -> None:
         if self.client_terminated or self.server_terminated:
             return  # closing: messages after our close frame are not delivered
+        if self._handled:  # a second message from this read: hold frames (see _Batch)
+            _batch.active = True
         result = self._run_callback(self.handler.on_message, message)
         reader = self._reader
         if reader is None:  # the connection ended inside on_message
@@ -216,6 +251,9 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         except ProtocolError as exc:
             self._fail(exc.code, exc.reason)
             return
+        finally:
+            if _batch.active:
+                _batch.flush()
         if not reader.paused:
             self._start_reading()
 
@@ -276,32 +314,65 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
     def _write_future(self) -> asyncio.Future[None]:
         """Done now if nothing is queued; else done once the kernel took this write."""
         assert self._loop is not None
-        if not self._queue:
+        if self._sent == self._submitted and self._held is None:
             done = self._done
             if done is None:
                 done = self._done = self._loop.create_future()
                 done.set_result(None)
             return done
         future = self._loop.create_future()
-        self._waiters.append((self._written + self._queued, future))
+        self._waiters.append((self._submitted + self._held_size, future))
         return future
 
-    def _send(self, frame: bytes) -> None:
-        if self._queue or self._sock is None:
+    def _send(self, frame: bytes, hold: bool = True) -> None:
+        """Send ``frame``: held while a batch is active, else straight to the socket
+        when nothing is queued, else (and whatever the kernel leaves) queued in order."""
+        if hold and _batch.active:
+            held = self._held
+            if held is None:
+                self._held = [frame]
+                _batch.dirty.append(self)
+            else:
+                held.append(frame)
+            self._held_size += len(frame)
+            return
+        self._submitted += len(frame)
+        sock = self._sock
+        if self._queue or sock is None:
             self._queue.append(memoryview(frame))
             self._queued += len(frame)
             return
         try:
-            sent = self._sock.send(frame)
+            sent = sock.send(frame)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
             self._abort()
             return
+        self._sent += sent
         if sent < len(frame):
             self._queue.append(memoryview(frame)[sent:])
             self._queued += len(frame) - sent
             self._start_writing()
+        elif self._waiters:
+            self._resolve_waiters()
+
+    def _resolve_waiters(self) -> None:
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= self._sent:
+            future = waiters.popleft()[1]
+            if not future.done():
+                future.set_result(None)
+
+    def _uncork(self) -> None:
+        """Send what the batch held for this connection, in one piece."""
+        held = self._held
+        if held is None:
+            return
+        self._held = None
+        self._held_size = 0
+        if not self._finished:
+            self._send(held[0] if len(held) == 1 else b"".join(held), hold=False)
 
     def _start_writing(self) -> None:
         if not self._writing and self._sock is not None:
@@ -323,17 +394,13 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
             except OSError:
                 self._abort()
                 return
-            self._written += sent
+            self._sent += sent
             self._queued -= sent
             if sent < len(chunk):
                 queue[0] = chunk[sent:]
                 break
             queue.popleft()
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= self._written:
-            future = waiters.popleft()[1]
-            if not future.done():
-                future.set_result(None)
+        self._resolve_waiters()
         if queue:
             self._start_writing()
         else:
@@ -360,6 +427,7 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
             if code is None and reason is not None:
                 code = CloseCode.NORMAL_CLOSURE
             self._send(encode_frame(Opcode.CLOSE, encode_close(code, reason or "")))
+            self._uncork()  # with what was held before it, now: the socket may close next
         self._cancel_ping()
         if self.client_terminated:
             self._stop_reading()
@@ -411,6 +479,8 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
                 future.exception()  # a caller that never awaits it is not an error
         self._queue.clear()
         self._queued = 0
+        self._held = None
+        self._held_size = 0
         self._reader = None
         handler = self.handler
         handler.on_ws_connection_close(self.close_code, self.close_reason)

@@ -133,6 +133,7 @@ async def _run_subject(
     workloads: list[Workload],
     cpus: tuple[int | None, int | None],
     progress: Callable[[str], None],
+    quick: bool = False,
 ) -> dict[str, Any]:
     from . import load
 
@@ -140,13 +141,13 @@ async def _run_subject(
     results: dict[str, Any] = {"checks": [], "results": {}, "error": None}
     try:
         results["checks"] = await load.check(running)
-        fanout = load.Fanout(running)
+        fanout = load.Fanout(running, verify=quick)
         try:
             for workload in workloads:
                 progress(f"{subject.name}: {workload.name}")
                 if workload.group != "fanout" and fanout.clients:
                     await fanout.close()
-                    fanout = load.Fanout(running)
+                    fanout = load.Fanout(running, verify=quick)
                 measurement = await workload.run(running, fanout)
                 results["results"][workload.name] = measurement
         finally:
@@ -180,7 +181,9 @@ async def run(subjects: list[Any], quick: bool, progress: Callable[[str], None])
         "subjects": {},
     }
     for subject in subjects:
-        report["subjects"][subject.name] = await _run_subject(subject, workloads, cpus, progress)
+        report["subjects"][subject.name] = await _run_subject(
+            subject, workloads, cpus, progress, quick
+        )
     return report
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "CheckFailed",
     "Client",
     "Fanout",
+    "FanoutClient",
     "Measurement",
     "check",
     "close_all",
@@ -149,7 +150,7 @@ async def open_connections(
     return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
-async def close_all(clients: list[Client], concurrency: int = 256) -> None:
+async def close_all(clients: list[Any], concurrency: int = 256) -> None:
     """Close each connection and wait for the server to close TCP (its side keeps TIME_WAIT)."""
     gate = asyncio.Semaphore(concurrency)
 
@@ -211,47 +212,93 @@ async def echo(server: Running, connections: int, size: int, duration: float) ->
     return result
 
 
+class FanoutClient(WSListener):
+    """A /broadcast receiver, as cheap per delivery as the load generator can make it.
+
+    Messages on a connection arrive in publish order, so the n-th message a
+    receiver gets in a run is message n: no payload parsing per delivery
+    (``verify`` checks that order, in ``--quick`` runs).
+    """
+
+    def __init__(self, fanout: Fanout) -> None:
+        super().__init__()
+        self.fanout = fanout
+        self.transport: WSTransport | None = None
+        self.count = 0
+        self.warm = False
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind != WSMsgType.TEXT:
+            if kind == WSMsgType.CLOSE:
+                transport.send_close(frame.get_close_code())
+                transport.disconnect()
+            return
+        fanout = self.fanout
+        if not fanout.measuring:  # a warm-up: proves the receiver is registered
+            fanout.last_received = time.perf_counter()
+            if not self.warm:
+                self.warm = True
+                fanout.warm += 1
+            return
+        index = self.count
+        self.count = index + 1
+        if fanout.verify and int(frame.get_payload_as_bytes()[:8]) != index:
+            raise CheckFailed(f"broadcast: message {index} arrived out of order")
+        counts = fanout.counts
+        delivered = counts[index] + 1
+        counts[index] = delivered
+        if delivered == fanout.expected:  # the last receiver got message `index`
+            fanout.latencies.append(time.perf_counter() - fanout.sent_at[index])
+            if len(fanout.latencies) >= fanout.target:
+                fanout.reached.set()
+
+
 class Fanout:
     """Receivers on /broadcast; one of them also sends."""
 
-    def __init__(self, server: Running) -> None:
+    def __init__(self, server: Running, verify: bool = False) -> None:
         self.server = server
-        self.clients: list[Client] = []
+        self.verify = verify
+        self.clients: list[FanoutClient] = []
         self.counts: list[int] = []
         self.sent_at: list[float] = []
         self.latencies: list[float] = []
         self.expected = 0
         self.warm = 0
+        self.measuring = False
         self.target = 0
         self.reached = asyncio.Event()
         self.last_received = 0.0
 
-    def on_message(self, client: Client, kind: WSMsgType, frame: WSFrame) -> None:
-        data = frame.get_payload_as_memoryview()
-        if data[0] == 0x77:  # b"w", a warm-up: proves the receiver is registered
-            self.last_received = time.perf_counter()
-            if not client.flag:
-                client.flag = True
-                self.warm += 1
-            return
-        index = int(bytes(data[:8]))
-        self.counts[index] += 1
-        if self.counts[index] == self.expected:  # the last receiver got message `index`
-            self.latencies.append(time.perf_counter() - self.sent_at[index])
-            if len(self.latencies) >= self.target:
-                self.reached.set()
-
     async def grow(self, receivers: int) -> None:
         """Have ``receivers`` connections in all, each proven to receive broadcasts."""
-        more = receivers - len(self.clients)
-        self.clients += await open_connections(
-            f"{self.server.url}/broadcast", more, self.on_message
-        )
+        gate = asyncio.Semaphore(64)
+
+        async def one() -> FanoutClient:
+            async with gate:
+                _, client = await asyncio.wait_for(
+                    ws_connect(
+                        lambda: FanoutClient(self),
+                        f"{self.server.url}/broadcast",
+                        read_buffer_init_size=2048,
+                    ),
+                    STUCK,
+                )
+                assert isinstance(client, FanoutClient)
+                return client
+
+        self.clients += await asyncio.gather(*(one() for _ in range(receivers - len(self.clients))))
         deadline = time.monotonic() + STUCK
         while self.warm < len(self.clients):
             if time.monotonic() > deadline:
                 raise CheckFailed(f"only {self.warm} of {receivers} receivers registered")
-            self.clients[0].send(WSMsgType.TEXT, b"w")
+            sender = self.clients[0].transport
+            assert sender is not None
+            sender.send(WSMsgType.TEXT, b"w")
             await asyncio.sleep(0.25)
         # Stray warm-ups must not land in the measured window: wait for quiet.
         while time.perf_counter() - self.last_received < 0.3:
@@ -268,15 +315,22 @@ class Fanout:
         self.sent_at = [0.0] * messages
         self.latencies = []
         payloads = [f"{i:08d}".encode().ljust(32, b".") for i in range(messages)]
-        sender = self.clients[0]
+        sender = self.clients[0].transport
+        assert sender is not None
+        for client in self.clients:
+            client.count = 0
+        self.measuring = True
         window = _Window(self.server, result)
         window.start()
-        for i, payload in enumerate(payloads):
-            self.sent_at[i] = time.perf_counter()
-            sender.send(WSMsgType.TEXT, payload)
-            if paced:
-                await self._reach(i + 1)
-        await self._reach(messages)
+        try:
+            for i, payload in enumerate(payloads):
+                self.sent_at[i] = time.perf_counter()
+                sender.send(WSMsgType.TEXT, payload)
+                if paced:
+                    await self._reach(i + 1)
+            await self._reach(messages)
+        finally:
+            self.measuring = False
         window.stop()
         result.units = messages * receivers
         result.latencies = self.latencies
