@@ -82,6 +82,7 @@ def test_bench_full_plan_matches_the_issue() -> None:
     full = plan(quick=False)
     assert full.broadcast_sizes == (1000, 5000)
     assert full.handshakes == 2000 and full.idle_connections == 5000
+    assert full.scale == 0 and plan(quick=False, scale=True).scale == 10_000
 
 
 def test_bench_refuses_non_loopback_url() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import unittest
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import tornado.websocket
@@ -30,18 +29,6 @@ DIFFERENT: dict[str, str] = {
 }
 
 
-def _tornws_protocol(self: tornado.websocket.WebSocketHandler) -> Any:
-    if self.request.headers.get("Sec-WebSocket-Version") != "13":
-        return None
-    params = tornado.websocket._WebSocketParams(
-        ping_interval=self.ping_interval,
-        ping_timeout=self.ping_timeout,
-        max_message_size=self.max_message_size,
-        compression_options=self.get_compression_options(),
-    )
-    return Protocol(self, False, params)
-
-
 @pytest.fixture(autouse=True)
 def tornws_data_plane(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every Tornado WebSocketHandler in these tests runs on tornws's Protocol.
@@ -51,7 +38,10 @@ def tornws_data_plane(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     connections it fails are not what these tests are about.
     """
     monkeypatch.setattr(
-        tornado.websocket.WebSocketHandler, "get_websocket_protocol", _tornws_protocol
+        tornado.websocket.WebSocketHandler,
+        "get_websocket_protocol",
+        # a plain function, so that it binds to each handler as a method does
+        lambda handler: Protocol.for_handler(handler),  # noqa: PLW0108
     )
     quiet = [logging.getLogger(name) for name in ("tornado.access", "tornws.protocol")]
     levels = [logger.level for logger in quiet]

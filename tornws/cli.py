@@ -168,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="small counts (under a minute): checks that every workload runs "
         "and every server answers correctly; no speed threshold",
     )
+    bench.add_argument(
+        "--scale",
+        action="store_true",
+        help="also broadcast to 10,000 receivers (keepalive on), paced",
+    )
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bench.add_argument("--plot", metavar="FILE.png", help="also draw the ratios (matplotlib)")
     bench.add_argument(

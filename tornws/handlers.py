@@ -299,15 +299,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         :attr:`tornado_data_plane` asks for Tornado's own."""
         if self.tornado_data_plane:
             return super().get_websocket_protocol()
-        if self.request.headers.get("Sec-WebSocket-Version") != "13":
-            return None  # Tornado answers 426 with the supported version
-        params = tornado.websocket._WebSocketParams(
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
-            max_message_size=self.max_message_size,
-            compression_options=self.get_compression_options(),
-        )
-        return Protocol(self, False, params)
+        return Protocol.for_handler(self)
 
     def send(self, message: Message) -> bool:
         """Queue ``message`` for this connection without waiting.

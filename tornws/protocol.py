@@ -90,6 +90,20 @@ _RECEIVE_VIEW = memoryview(_RECEIVE)
 class Protocol(tornado.websocket.WebSocketProtocol13):
     """A ``WebSocketProtocol13`` whose data plane is tornws's (see the module docstring)."""
 
+    @classmethod
+    def for_handler(cls, handler: tornado.websocket.WebSocketHandler) -> Protocol | None:
+        """The data plane for ``handler``'s request, built from its settings
+        (``None`` for a WebSocket version other than 13: Tornado then answers 426)."""
+        if handler.request.headers.get("Sec-WebSocket-Version") != "13":
+            return None
+        params = tornado.websocket._WebSocketParams(
+            ping_interval=handler.ping_interval,
+            ping_timeout=handler.ping_timeout,
+            max_message_size=handler.max_message_size,
+            compression_options=handler.get_compression_options(),
+        )
+        return cls(handler, False, params)
+
     def __init__(self, handler: Any, mask_outgoing: bool, params: Any) -> None:
         super().__init__(handler, mask_outgoing, params)
         self._sock: socket.socket | None = None

@@ -47,13 +47,18 @@ class Plan:
     broadcast_messages: tuple[int, int]
     handshakes: int
     idle_connections: int
+    #: ``--scale``: one more paced broadcast, to this many receivers (0: none).
+    scale: int = 0
 
 
-def plan(quick: bool) -> Plan:
-    """The full plan (under 15 minutes here) or the quick one (under a minute, for CI)."""
+def plan(quick: bool, scale: bool = False) -> Plan:
+    """The full plan (under 15 minutes here) or the quick one (under a minute, for CI).
+
+    ``scale`` adds a paced broadcast to 10,000 receivers (500 with ``quick``).
+    """
     if quick:
-        return Plan(True, 0.3, (100, 200), (10, 10), 100, 200)
-    return Plan(False, 4.0, (1000, 5000), (200, 50), 2000, 5000)
+        return Plan(True, 0.3, (100, 200), (10, 10), 100, 200, 500 if scale else 0)
+    return Plan(False, 4.0, (1000, 5000), (200, 50), 2000, 5000, 10_000 if scale else 0)
 
 
 def _workloads(p: Plan) -> list[Workload]:
@@ -87,6 +92,11 @@ def _workloads(p: Plan) -> list[Workload]:
         Workload(f"broadcast {small} burst", "delivery", grow(small, small_msgs, False), "fanout"),
         Workload(f"broadcast {large} paced", "delivery", grow(large, large_msgs, True), "fanout"),
         Workload(f"broadcast {large} burst", "delivery", grow(large, large_msgs, False), "fanout"),
+        *(
+            [Workload(f"broadcast {p.scale} paced", "delivery", grow(p.scale, 50, True), "fanout")]
+            if p.scale
+            else []
+        ),
         Workload(
             f"handshake ×{p.handshakes}",
             "handshake",
@@ -160,13 +170,15 @@ async def _run_subject(
     return results
 
 
-async def run(subjects: list[Any], quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+async def run(
+    subjects: list[Any], quick: bool, progress: Callable[[str], None], scale: bool = False
+) -> dict[str, Any]:
     """Run every workload on every subject; return the report (see ``--json``)."""
     from .subjects import raise_open_files_limit
 
     limit = raise_open_files_limit()
-    p = plan(quick)
-    needed = max(p.broadcast_sizes) + 64
+    p = plan(quick, scale)
+    needed = max(*p.broadcast_sizes, p.scale) + 64
     if limit < needed:
         raise ConfigError(f"the open-files hard limit is {limit}; the bench needs {needed}")
     cpus = _cpus()
@@ -224,7 +236,7 @@ def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int
         runner: Callable[[Any], Any] = uvloop.run
     except ImportError:
         runner = asyncio.run
-    report = runner(run(subjects, args.quick, progress))
+    report = runner(run(subjects, args.quick, progress, args.scale))
     out.write(reporting.table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(reporting.jsonable(report), indent=2) + "\n")
