@@ -112,8 +112,6 @@ class Client(WSListener):
         super().__init__()
         self.handle = handle
         self.transport: WSTransport | None = None
-        self.count = 0
-        self.flag = False
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -121,7 +119,6 @@ class Client(WSListener):
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
         if kind in (WSMsgType.TEXT, WSMsgType.BINARY):
-            self.count += 1
             if self.handle is not None:
                 self.handle(self, kind, frame)
         elif kind == WSMsgType.CLOSE:
