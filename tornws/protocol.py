@@ -138,13 +138,18 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         stream = self.stream
         self._loop = asyncio.get_running_loop()
         if stream.writing():  # the 101 is not fully sent: let Tornado finish
-            stream.write(b"").add_done_callback(lambda _: self._take_socket())
+            stream.write(b"").add_done_callback(self._on_101_flushed)
         else:
             self._take_socket()
         interval = self.ping_interval
         if interval > 0:
             self._last_ping = self._loop.time()
             self._ping_timer = self._loop.call_later(interval, self._keepalive)
+
+    def _on_101_flushed(self, future: asyncio.Future[None]) -> None:
+        if not future.cancelled():
+            future.exception()  # a closed stream is handled by _take_socket
+        self._take_socket()
 
     def _take_socket(self) -> None:
         stream = self.stream

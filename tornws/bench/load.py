@@ -244,7 +244,9 @@ class FanoutClient(WSListener):
         index = self.count
         self.count = index + 1
         if fanout.verify and int(frame.get_payload_as_bytes()[:8]) != index:
-            raise CheckFailed(f"broadcast: message {index} arrived out of order")
+            fanout.error = f"broadcast: message {index} arrived out of order"
+            fanout.reached.set()  # stop waiting: run() raises it
+            return
         counts = fanout.counts
         delivered = counts[index] + 1
         counts[index] = delivered
@@ -267,6 +269,7 @@ class Fanout:
         self.expected = 0
         self.warm = 0
         self.measuring = False
+        self.error: str | None = None  # what verify found wrong, if anything
         self.target = 0
         self.reached = asyncio.Event()
         self.last_received = 0.0
@@ -345,6 +348,8 @@ class Fanout:
                 raise CheckFailed(
                     f"broadcast: {missing} deliveries missing after {STUCK:.0f}s"
                 ) from None
+        if self.error:
+            raise CheckFailed(self.error)
 
     async def close(self) -> None:
         await close_all(self.clients)
