@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -39,7 +40,9 @@ def app(registry: tornws.Registry) -> Any:
     application = tornado.web.Application(
         [(r"/", MainHandler), (r"/login", LoginHandler)], cookie_secret=COOKIE_SECRET
     )
-    added = tornws.add_routes(application, "/ws", user_loader=BaseHandler.get_current_user)
+    added = tornws.add_routes(
+        application, "/ws", user_loader=BaseHandler.get_current_user, page=True
+    )
     assert added is tornws.Registry.for_application(application)
     return application
 
@@ -92,3 +95,29 @@ def test_routes_share_one_registry_per_application() -> None:
     assert tornws.add_routes(application, "/b") is first
     separate = tornws.Registry()
     assert tornws.add_routes(application, "/c", registry=separate) is separate
+
+
+@pytest.mark.gen_test
+async def test_chat_page_under_the_prefix_knows_the_signed_in_user(http_url: str) -> None:
+    """``page=True``: the page at ``<prefix>/`` talks to ``<prefix>/chat``, its files are served
+    under the prefix, and a signed-in user's name is the nick (read-only, HTML-escaped)."""
+    client = tornado.httpclient.AsyncHTTPClient()
+    login = await client.fetch(f"{http_url}/login?name=%3Cann%3E")
+    cookie = login.headers["Set-Cookie"].split(";")[0]
+    page = await client.fetch(f"{http_url}/ws/", headers={"Cookie": cookie})
+    body = page.body.decode()
+    assert 'data-chat-path="/ws/chat"' in body
+    assert 'data-user="&lt;ann&gt;"' in body and 'value="&lt;ann&gt;" readonly' in body
+    assert "<ann>" not in body
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assets = re.findall(r'(?:src|href)="(/ws/_tornws/[^"]+)"', body)
+    assert {a.split("?")[0] for a in assets} == {"/ws/_tornws/chat.css", "/ws/_tornws/chat.js"}
+    types = {"css": "text/css", "js": "text/javascript"}
+    for asset in [*assets, "/ws/_tornws/tornws.js"]:
+        response = await client.fetch(f"{http_url}{asset}")
+        assert response.headers["Content-Type"] == types[asset.split("?")[0].rsplit(".", 1)[1]]
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    anonymous = await client.fetch(f"{http_url}/ws/")
+    assert 'data-user=""' in anonymous.body.decode()
+    outside = await client.fetch(f"{http_url}/ws/_tornws/../page.py", raise_error=False)
+    assert outside.code in (403, 404)

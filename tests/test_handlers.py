@@ -176,9 +176,10 @@ async def test_closed_connections_leave_the_registry(
 
 @pytest.mark.gen_test
 async def test_index_and_healthz(http_url: str) -> None:
-    """/ lists the endpoints; /healthz answers 200 ok."""
+    """/ is the chat page, which lists the endpoints; /healthz answers 200 ok."""
     client = tornado.httpclient.AsyncHTTPClient()
     index = await client.fetch(f"{http_url}/")
     assert b"/chat/&lt;room&gt;" in index.body and b"/broadcast" in index.body
+    assert b'<form id="join"' in index.body and b'data-chat-path="/chat"' in index.body
     health = await client.fetch(f"{http_url}/healthz")
     assert health.code == 200 and health.body == b"ok\n"

@@ -4,12 +4,11 @@
 - :func:`add_routes` adds them to an ``Application`` that already runs, keeping
   its handlers, settings (cookie secret included) and authentication.
 - :func:`make_app` builds the demo application that ``tornws serve`` runs
-  (routes in ``docs/`` and the README).
+  (routes in ``docs/`` and the README), the browser chat page at ``/`` included.
 """
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import tornado.web
@@ -17,9 +16,10 @@ from tornado.routing import URLSpec
 
 from .chat import ROOM_PATTERN
 from .handlers import BroadcastHandler, ChatHandler, EchoHandler
+from .page import STATIC_DIR, ChatPageHandler, StaticHandler
 from .registry import Registry
 
-__all__ = ["HealthHandler", "IndexHandler", "add_routes", "make_app", "routes"]
+__all__ = ["ENDPOINTS", "HealthHandler", "add_routes", "make_app", "routes"]
 
 
 def _check_prefix(prefix: str) -> str:
@@ -28,7 +28,9 @@ def _check_prefix(prefix: str) -> str:
     return prefix
 
 
-def routes(prefix: str = "", *, registry: Registry | None = None, **options: Any) -> list[URLSpec]:
+def routes(
+    prefix: str = "", *, registry: Registry | None = None, page: bool = False, **options: Any
+) -> list[URLSpec]:
     """The tornws routes under ``prefix``: ``/echo``, ``/broadcast``, ``/chat``, ``/chat/<room>``.
 
     Args:
@@ -36,18 +38,32 @@ def routes(prefix: str = "", *, registry: Registry | None = None, **options: Any
         registry: the rooms' registry; by default the application's own
             (:meth:`Registry.for_application`), shared with every other tornws
             route of the application.
+        page: also the browser chat page at ``<prefix>/`` and its files under
+            ``<prefix>/_tornws/``.
         **options: handler options for every route (``compression``,
             ``origins``, ``max_message_size``, ``user_loader``; see
             :mod:`tornws.handlers`).
     """
     prefix = _check_prefix(prefix)
     kwargs = dict(options, registry=registry)
-    return [
+    specs = [
         URLSpec(f"{prefix}/echo", EchoHandler, kwargs, name="tornws.echo"),
         URLSpec(f"{prefix}/broadcast", BroadcastHandler, kwargs, name="tornws.broadcast"),
         URLSpec(f"{prefix}/chat", ChatHandler, kwargs, name="tornws.chat"),
         URLSpec(f"{prefix}/chat/({ROOM_PATTERN})", ChatHandler, kwargs, name="tornws.chat_room"),
     ]
+    if page:
+        page_options = {
+            "chat_path": f"{prefix}/chat",
+            "static_path": f"{prefix}/_tornws",
+            "endpoints": tuple((prefix + path, what) for path, what in ENDPOINTS),
+            "user_loader": options.get("user_loader"),
+        }
+        specs += [
+            URLSpec(f"{prefix}/", ChatPageHandler, page_options, name="tornws.page"),
+            URLSpec(f"{prefix}/_tornws/(.*)", StaticHandler, {"path": STATIC_DIR}),
+        ]
+    return specs
 
 
 def add_routes(
@@ -56,6 +72,7 @@ def add_routes(
     *,
     registry: Registry | None = None,
     host_pattern: str = ".*$",
+    page: bool = False,
     **options: Any,
 ) -> Registry:
     """Add tornws's routes to an existing Tornado application; return their registry.
@@ -68,25 +85,8 @@ def add_routes(
         registry = tornws.add_routes(app, "/ws", user_loader=BaseHandler.get_current_user)
     """
     registry = registry if registry is not None else Registry.for_application(application)
-    application.add_handlers(host_pattern, routes(prefix, registry=registry, **options))
+    application.add_handlers(host_pattern, routes(prefix, registry=registry, page=page, **options))
     return registry
-
-
-class IndexHandler(tornado.web.RequestHandler):
-    """``GET /``: a page that lists the endpoints (until the browser chat exists)."""
-
-    def get(self) -> None:
-        host = html.escape(self.request.host)
-        items = "".join(
-            f"<li><code>ws://{host}{html.escape(path)}</code> — {html.escape(what)}</li>"
-            for path, what in ENDPOINTS
-        )
-        self.finish(
-            "<!doctype html><meta charset=utf-8><title>tornws</title>"
-            f"<h1>tornws</h1><p>WebSocket endpoints:</p><ul>{items}</ul>"
-            "<p>Try: <code>tornws client ws://"
-            f"{host}/chat/lobby</code></p>"
-        )
 
 
 class HealthHandler(tornado.web.RequestHandler):
@@ -98,6 +98,7 @@ class HealthHandler(tornado.web.RequestHandler):
         self.finish("ok\n")
 
 
+#: The demo app's WebSocket routes, as listed on the chat page.
 ENDPOINTS = [
     ("/echo", "every message back to its sender"),
     ("/broadcast", "every message to every connection on /broadcast, sender included"),
@@ -121,8 +122,7 @@ def make_app(
     """
     registry = registry if registry is not None else Registry()
     handlers: list[Any] = [
-        URLSpec(r"/", IndexHandler),
         URLSpec(r"/healthz", HealthHandler),
-        *routes(registry=registry, **(handler_options or {})),
+        *routes(registry=registry, page=True, **(handler_options or {})),
     ]
     return tornado.web.Application(handlers, **{"tornws.registry": registry, **settings})
