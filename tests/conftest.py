@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -93,7 +94,11 @@ def wait_for_port(port: int, process: subprocess.Popen[Any], timeout: float = 15
 
 
 class Server:
-    """A server started as a subprocess; stopped (SIGTERM, then SIGKILL) at teardown."""
+    """A server started as a subprocess; stopped (SIGTERM, then SIGKILL) at teardown.
+
+    Its output is read all along by a thread (a full pipe would block the
+    server's logging, and so the server), and returned by :meth:`stop`.
+    """
 
     def __init__(self, args: list[str], port: int) -> None:
         self.port = port
@@ -106,18 +111,35 @@ class Server:
             text=True,
             cwd=ROOT,
         )
-        wait_for_port(port, self.process)
+        self._output: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        try:
+            wait_for_port(port, self.process)
+        finally:
+            self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self._output.append(line)
+
+    @property
+    def output(self) -> str:
+        """What it printed so far."""
+        return "".join(self._output)
 
     def stop(self, timeout: float = 10.0) -> tuple[int, str]:
         """SIGTERM, wait; return (exit status, everything it printed)."""
         if self.process.poll() is None:
             self.process.terminate()
         try:
-            out, _ = self.process.communicate(timeout=timeout)
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            out, _ = self.process.communicate()
-        return self.process.returncode, out
+            self.process.wait()
+        self._reader.join(timeout=5)
+        return self.process.returncode, self.output
 
 
 @pytest.fixture

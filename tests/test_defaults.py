@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 from typing import Any
 
@@ -37,7 +38,11 @@ class TestDefaults:
             [
                 (r"/default", ReportHandler),
                 (r"/custom", ReportHandler, {"max_message_size": 10, "compression": {}}),
-                *tornws.routes("/small", max_message_size=100, origins=["https://ok.example"]),
+                *tornws.routes(
+                    "/small",
+                    max_message_size=100,
+                    origins=["https://ok.example", "https://*.apps.example:8443"],
+                ),
             ]
         )
 
@@ -82,6 +87,49 @@ class TestDefaults:
         with pytest.raises(tornado.httpclient.HTTPClientError) as info:
             await ws_connect(bad)
         assert info.value.code == 403
+
+    @pytest.mark.gen_test
+    async def test_wildcard_origin_and_refusal_log(
+        self, ws_url: str, ws_connect: Any, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """``https://*.apps.example:8443`` admits its subdomains only; a refusal is
+        logged with the origin."""
+        caplog.set_level(logging.INFO, logger="tornws")
+        for origin in ("https://chat.apps.example:8443", "https://a.b.APPS.example:8443"):
+            request = tornado.httpclient.HTTPRequest(
+                f"{ws_url}/small/echo", headers={"Origin": origin}
+            )
+            await ws_connect(request)
+        for origin in (
+            "https://apps.example:8443",  # the domain itself
+            "https://chat.apps.example",  # another port
+            "http://chat.apps.example:8443",  # another scheme
+            "https://evilapps.example:8443",  # not a subdomain
+            "https://chat.apps.example.evil:8443",
+        ):
+            request = tornado.httpclient.HTTPRequest(
+                f"{ws_url}/small/echo", headers={"Origin": origin}
+            )
+            with pytest.raises(tornado.httpclient.HTTPClientError) as info:
+                await ws_connect(request)
+            assert info.value.code == 403, origin
+        assert "reason=\"origin 'https://chat.apps.example.evil:8443' not allowed\"" in caplog.text
+
+
+def test_origin_allowed_patterns() -> None:
+    from tornws.handlers import origin_allowed
+
+    allowed = ["https://a.example", "https://*.b.example", "http://*.c.example:8080"]
+    assert origin_allowed("https://a.example", allowed)
+    assert not origin_allowed("https://x.a.example", allowed)
+    assert origin_allowed("https://x.b.example", allowed)
+    assert origin_allowed("https://X.B.example", allowed)
+    assert not origin_allowed("https://b.example", allowed)
+    assert not origin_allowed("https://x.b.example:443", allowed)
+    assert origin_allowed("http://x.c.example:8080", allowed)
+    assert not origin_allowed("http://x.c.example", allowed)
+    assert not origin_allowed("null", allowed)
+    assert not origin_allowed("https://x.b.example:notaport", allowed)
 
 
 class TestKeepalive:

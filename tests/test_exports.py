@@ -23,8 +23,10 @@ PUBLIC_MODULES = [
     "tornws.exceptions",
     "tornws.frames",
     "tornws.handlers",
+    "tornws.page",
     "tornws.registry",
     "tornws.server",
+    "tornws.stats",
 ]
 
 

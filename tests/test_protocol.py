@@ -68,7 +68,7 @@ def app(registry: tornws.Registry, outcome: list[str]) -> Any:
     return tornado.web.Application(
         [
             (r"/slow", SlowEcho),
-            (r"/bulk", Bulk),
+            (r"/bulk", Bulk, {"max_outgoing": 0}),
             (r"/closer", Closer, {"outcome": outcome}),
             (r"/tornado", TornadoPlane),
             *tornws.routes(registry=registry),
@@ -174,7 +174,8 @@ async def test_protocol_coroutine_on_message_keeps_order(ws_url: str, ws_connect
 async def test_protocol_queues_what_the_kernel_does_not_take(
     http_port: int, http_server: Any
 ) -> None:
-    """A 20 MB message to a peer that is not reading is queued, then delivered whole."""
+    """A 20 MB message to a peer that is not reading is queued, then delivered whole
+    (``max_outgoing=0``: no slow-consumer bound)."""
     reader, writer = await raw_upgrade(http_port, "/bulk")
     writer.write(client_frame(Opcode.TEXT, b"20000000"))
     await asyncio.sleep(0.3)  # not reading: the kernel buffers fill up

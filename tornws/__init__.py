@@ -15,7 +15,8 @@ from .exceptions import ConfigError, HandshakeError, TornwsError
 from .frames import CloseCode, Message
 from .handlers import BroadcastHandler, ChatHandler, EchoHandler, WebSocketHandler
 from .registry import Member, Registry
-from .server import serve
+from .server import drain, serve
+from .stats import Stats
 
 __all__ = [
     "BroadcastHandler",
@@ -31,10 +32,12 @@ __all__ = [
     "MemoryBroker",
     "Message",
     "Registry",
+    "Stats",
     "TornwsError",
     "WebSocketHandler",
     "__version__",
     "add_routes",
+    "drain",
     "make_app",
     "routes",
     "serve",

@@ -90,12 +90,17 @@ def add_routes(
 
 
 class HealthHandler(tornado.web.RequestHandler):
-    """``GET /healthz``: 200 ``ok`` while the server accepts connections."""
+    """``GET /healthz``: 200 ``ok`` while the server accepts connections, 503
+    ``draining`` once a drain began (so a load balancer stops sending clients)."""
 
     def get(self) -> None:
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
-        self.finish("ok\n")
+        if Registry.for_application(self.application).draining:
+            self.set_status(503)
+            self.finish("draining\n")
+        else:
+            self.finish("ok\n")
 
 
 #: The demo app's WebSocket routes, as listed on the chat page.

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import ssl
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -114,6 +115,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="offer permessage-deflate to clients that ask for it",
     )
     serve.add_argument(
+        "--max-outgoing",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="bytes that may wait unsent for one client (default: 1m; 0: no bound)",
+    )
+    serve.add_argument(
+        "--slow-consumer",
+        choices=["close", "drop"],
+        default="close",
+        help="over --max-outgoing: close 1008, or drop that client's messages "
+        "(default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-connections", type=int, metavar="N", help="open connections (default: no limit)"
+    )
+    serve.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        metavar="N",
+        help="open connections per client address (default: no limit)",
+    )
+    serve.add_argument("--certfile", help="serve wss:// and https:// with this certificate chain")
+    serve.add_argument("--keyfile", help="the certificate's private key (if not in --certfile)")
+    serve.add_argument(
+        "--drain-window",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, spread the closes over this long (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="then wait this long for connections to close (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--restart",
+        action="store_true",
+        help="close with 1012 (service restart) instead of 1001 (going away) on shutdown",
+    )
+    serve.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -147,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     client.add_argument("--origin", help="send this Origin header")
     client.add_argument("--compress", action="store_true", help="offer permessage-deflate")
+    client.add_argument(
+        "--cafile", help="for wss://, trust the certificate authorities in this PEM file"
+    )
     client.add_argument(
         "--wait",
         type=float,
@@ -204,7 +252,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from .app import make_app
-    from .server import serve
+    from .frames import CloseCode
+    from .server import serve, ssl_context
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -214,14 +263,39 @@ def _serve(args: argparse.Namespace) -> int:
     if args.app:
         app = load_app(args.app)
     else:
-        options: dict[str, Any] = {"origins": args.origin}
+        options: dict[str, Any] = {"origins": args.origin, "slow_consumer": args.slow_consumer}
         if args.max_message_size is not None:
             options["max_message_size"] = args.max_message_size
+        if args.max_outgoing is not None:
+            options["max_outgoing"] = args.max_outgoing
         if args.compress:
             options["compression"] = {}
         app = make_app(handler_options=options)
+    if args.max_connections is not None:
+        app.settings["tornws_max_connections"] = args.max_connections
+    if args.max_connections_per_ip is not None:
+        app.settings["tornws_max_connections_per_ip"] = args.max_connections_per_ip
+    server_options: dict[str, Any] = {}
+    if args.certfile:
+        try:
+            server_options["ssl_options"] = ssl_context(args.certfile, args.keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load --certfile/--keyfile: {exc}") from None
+    elif args.keyfile:
+        raise ConfigError("--keyfile needs --certfile")
+    close_code = CloseCode.SERVICE_RESTART if args.restart else CloseCode.GOING_AWAY
     try:
-        asyncio.run(serve(app, args.host, args.port))
+        asyncio.run(
+            serve(
+                app,
+                args.host,
+                args.port,
+                close_code=close_code,
+                drain_window=args.drain_window,
+                shutdown_timeout=args.drain_timeout,
+                **server_options,
+            )
+        )
     except OSError as exc:  # address in use, permission denied
         raise ConfigError(
             f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
@@ -241,6 +315,7 @@ def _client(args: argparse.Namespace) -> int:
             subprotocols=args.subprotocol,
             headers=headers,
             compress=args.compress,
+            cafile=args.cafile,
             wait=args.wait,
         )
     )

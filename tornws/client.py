@@ -10,6 +10,7 @@ has come for ``wait`` seconds (30 at most in all), then closes with 1000.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import sys
 import threading
 from collections.abc import Sequence
@@ -60,15 +61,23 @@ async def connect(
     subprotocols: Sequence[str] = (),
     headers: Sequence[tuple[str, str]] = (),
     compress: bool = False,
+    cafile: str | None = None,
     timeout: float = 10.0,
 ) -> tornado.websocket.WebSocketClientConnection:
     """Open a WebSocket client connection with Tornado's client.
+
+    ``cafile``: for ``wss://``, trust the certificate authorities in this PEM file
+    (instead of the system's).
 
     Raises:
         ConnectionError: with a one-line message (refused, unreachable, handshake refused).
     """
     request = tornado.httpclient.HTTPRequest(
-        url, headers=dict(headers), connect_timeout=timeout, request_timeout=timeout
+        url,
+        headers=dict(headers),
+        connect_timeout=timeout,
+        request_timeout=timeout,
+        ssl_options=ssl.create_default_context(cafile=cafile) if cafile else None,
     )
     try:
         return await tornado.websocket.websocket_connect(
@@ -78,6 +87,8 @@ async def connect(
         )
     except tornado.httpclient.HTTPClientError as exc:
         raise ConnectionError(_refusal(url, exc)) from None
+    except ssl.SSLError as exc:
+        raise ConnectionError(f"Cannot connect to {url}: TLS: {exc.reason or exc}") from None
     except (OSError, tornado.iostream.StreamClosedError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConnectionError(f"Cannot connect to {url}: {reason}") from None
@@ -173,6 +184,7 @@ async def run(
     subprotocols: Sequence[str] = (),
     headers: Sequence[tuple[str, str]] = (),
     compress: bool = False,
+    cafile: str | None = None,
     wait: float = 1.0,
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
@@ -180,13 +192,13 @@ async def run(
 ) -> int:
     """Connect to ``url``, relay stdin and print messages; return the exit status.
 
-    0: closed by us, or by the server with 1000 or 1001; 1: could not connect,
+    0: closed by us, or by the server with 1000, 1001 or 1012; 1: could not connect,
     handshake refused, or the server closed with another code.
     """
     err = stderr if stderr is not None else sys.stderr
     try:
         connection = await connect(
-            url, subprotocols=subprotocols, headers=headers, compress=compress
+            url, subprotocols=subprotocols, headers=headers, compress=compress, cafile=cafile
         )
     except ConnectionError as exc:
         err.write(f"{exc}\n")
@@ -207,5 +219,9 @@ async def run(
     if session.interactive:
         session.out.write("\n")
     err.write(describe_close(connection.close_code, connection.close_reason) + "\n")
-    normal = connection.close_code in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY)
+    normal = connection.close_code in (
+        CloseCode.NORMAL_CLOSURE,
+        CloseCode.GOING_AWAY,
+        CloseCode.SERVICE_RESTART,
+    )
     return 0 if closed_by_us or normal else 1

@@ -9,12 +9,24 @@ Every handler takes its dependencies through ``initialize()`` (so through the
 - ``compression``: permessage-deflate options (Tornado's
   ``get_compression_options`` format, ``{}`` for its defaults) or ``None``
   (off, the default).
-- ``origins``: extra ``Origin`` values allowed besides the same host.
+- ``origins``: ``Origin`` values allowed besides the same host: exact
+  (``https://app.example.com``) or a wildcard for every subdomain
+  (``https://*.example.com``, which does not match ``https://example.com``).
 - ``max_message_size``: bytes; bigger incoming messages close the connection
   with 1009.
+- ``max_outgoing``: bytes that may wait, unsent, for one receiver (default
+  1 MiB, ``0``: no bound). A message that would go over it applies
+  ``slow_consumer``: ``"close"`` (the default: close 1008 ``slow consumer``,
+  unsent messages freed) or ``"drop"`` (that receiver misses that message).
 - ``user_loader``: a function ``(handler) -> user`` used as
   ``get_current_user``; pass your own base handler's ``get_current_user`` to
   share its authentication.
+
+Process-wide limits are application settings, checked before the upgrade
+(HTTP 503 with ``Retry-After``): ``tornws_max_connections`` and
+``tornws_max_connections_per_ip`` (default: none), ``tornws_outgoing_budget``
+(bytes unsent over all connections, default 256 MiB), ``tornws_retry_after``
+(seconds, default 5).
 
 Logging (logger ``tornws.handlers``): one INFO line when a connection opens,
 one when it closes (route, peer, subprotocol, close code, duration), and one
@@ -28,6 +40,7 @@ import itertools
 import logging
 import os
 import time
+import urllib.parse
 from collections.abc import Awaitable, Iterable
 from typing import Any, Callable, ClassVar
 
@@ -40,16 +53,21 @@ from .exceptions import HandshakeError
 from .frames import CloseCode, Message
 from .protocol import Protocol
 from .registry import Registry
+from .stats import Stats
 
 __all__ = [
     "DEFAULT_COMPRESSION",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_OUTGOING",
+    "DEFAULT_OUTGOING_BUDGET",
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_PING_TIMEOUT",
+    "DEFAULT_RETRY_AFTER",
     "BroadcastHandler",
     "ChatHandler",
     "EchoHandler",
     "WebSocketHandler",
+    "origin_allowed",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,6 +79,15 @@ DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 DEFAULT_PING_INTERVAL = 20.0
 #: Seconds without a pong before the connection is closed.
 DEFAULT_PING_TIMEOUT = 20.0
+#: Bytes that may wait unsent for one receiver before its slow-consumer policy
+#: applies: a second of a busy chat room, many times over; 1000 stuck receivers
+#: hold at most 1 GiB, and the outgoing budget stops new upgrades long before.
+DEFAULT_MAX_OUTGOING = 1024 * 1024
+#: Bytes unsent over all connections above which upgrades get 503.
+DEFAULT_OUTGOING_BUDGET = 256 * 1024 * 1024
+#: Seconds a refused client is asked to wait (``Retry-After``).
+DEFAULT_RETRY_AFTER = 5
+SLOW_CONSUMER_POLICIES = ("close", "drop")
 #: permessage-deflate settings under whatever ``compression`` gives. Level 1:
 #: on Autobahn case 12.3.15 (1000 × 128 KiB) the server spent 4.9 s of CPU at
 #: level 1 against 12.9 s at Tornado's level 6, for chat-sized JSON 2.3 µs
@@ -130,6 +157,11 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     _max_message_size: int | None = None
     _user_loader: Callable[[Any], Any] | None = None
     _refusal = ""
+    _refusal_kind = ""
+    _counted_ip: str | None = None
+    #: See the module docstring.
+    max_outgoing: int = DEFAULT_MAX_OUTGOING
+    slow_consumer: str = "close"
 
     def __init__(self, application: tornado.web.Application, request: Any, **kwargs: Any) -> None:
         #: Unique id of this connection, used in logs and to recognise its own messages.
@@ -145,13 +177,19 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         origins: Iterable[str] = (),
         max_message_size: int | None = None,
         user_loader: Callable[[Any], Any] | None = None,
+        max_outgoing: int = DEFAULT_MAX_OUTGOING,
+        slow_consumer: str = "close",
     ) -> None:
         """Take the handler's dependencies; see the module docstring for each."""
+        if slow_consumer not in SLOW_CONSUMER_POLICIES:
+            raise ValueError(f"slow_consumer must be 'close' or 'drop', not {slow_consumer!r}")
         self._registry = registry
         self._compression = compression
         self._origins = frozenset(origins)
         self._max_message_size = max_message_size
         self._user_loader = user_loader
+        self.max_outgoing = max_outgoing
+        self.slow_consumer = slow_consumer
 
     @property
     def registry(self) -> Registry:
@@ -160,7 +198,42 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             self._registry = Registry.for_application(self.application)
         return self._registry
 
+    @property
+    def tornws_stats(self) -> Stats:
+        """The counters of this handler's registry (read by the data plane)."""
+        return self.registry.stats
+
     # Tornado hooks, with tornws defaults
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        """Refuse with 503 while draining or over a limit; else Tornado's upgrade."""
+        refusal = self._admission()
+        if refusal is not None:
+            kind, reason = refusal
+            self._refusal_kind, self._refusal = kind, reason
+            self.set_status(503)
+            retry_after = self.settings.get("tornws_retry_after", DEFAULT_RETRY_AFTER)
+            self.set_header("Retry-After", str(retry_after))
+            self.set_header("Content-Type", "text/plain; charset=UTF-8")
+            self.finish(reason + "\n")
+            return
+        await super().get(*args, **kwargs)
+
+    def _admission(self) -> tuple[str, str] | None:
+        registry = self.registry
+        if registry.draining:
+            return "draining", "server shutting down; retry on another instance"
+        settings = self.settings
+        limit = settings.get("tornws_max_connections")
+        if limit is not None and len(registry.connections) >= limit:
+            return "connections", f"too many connections (limit {limit})"
+        limit = settings.get("tornws_max_connections_per_ip")
+        if limit is not None and registry.stats.by_ip[self.request.remote_ip or ""] >= limit:
+            return "connections_per_ip", f"too many connections from your address (limit {limit})"
+        budget = settings.get("tornws_outgoing_budget", DEFAULT_OUTGOING_BUDGET)
+        if budget and registry.stats.outgoing_bytes > budget:
+            return "outgoing_budget", "server busy: too much unsent data"
+        return None
 
     @property
     def max_message_size(self) -> int:
@@ -191,8 +264,12 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         return {**DEFAULT_COMPRESSION, **self._compression}
 
     def check_origin(self, origin: str) -> bool:
-        """Same host (Tornado's rule), or an origin listed in ``origins``."""
-        return origin in self._origins or super().check_origin(origin)
+        """Same host (Tornado's rule), or an origin allowed by ``origins``."""
+        return (
+            origin in self._origins
+            or super().check_origin(origin)
+            or (bool(self._origins) and origin_allowed(origin, self._origins))
+        )
 
     def get_current_user(self) -> Any:
         """The ``user_loader``'s answer, else ``None``."""
@@ -242,6 +319,8 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         if status == 101:
             self._opened_at = time.monotonic()
             self.registry.connections.add(self)
+            self._counted_ip = ip = self.request.remote_ip or ""
+            self.registry.stats.by_ip[ip] += 1
             log.info(
                 "open %s peer=%s subprotocol=%s id=%s",
                 self.request.path,
@@ -250,18 +329,21 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
                 self.connection_id,
             )
         else:
+            reason = self._refusal or self._refusal_reason(status)
+            self.registry.stats.rejections[self._refusal_kind or str(status)] += 1
             log.info(
                 "refused %s peer=%s status=%d reason=%r",
                 self.request.path,
                 self.request.remote_ip,
                 status,
-                self._refusal or self._refusal_reason(status),
+                reason,
             )
 
     def _refusal_reason(self, status: int) -> str:
         # The refusals Tornado makes itself, before any tornws hook runs.
         headers = self.request.headers
         if status == 403:
+            self._refusal_kind = "origin"
             return f"origin {headers.get('Origin')!r} not allowed"
         if status == 400 and headers.get("Upgrade", "").lower() != "websocket":
             return "not a WebSocket upgrade request"
@@ -280,8 +362,15 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         super().on_connection_close()  # runs on_close()
         if opened_at is None:
             return
-        self.registry.connections.discard(self)
-        self.registry.leave_all(self)
+        registry = self.registry
+        registry.connections.discard(self)
+        registry.leave_all(self)
+        ip, self._counted_ip = self._counted_ip, None
+        if ip is not None:
+            by_ip = registry.stats.by_ip
+            by_ip[ip] -= 1
+            if by_ip[ip] <= 0:
+                del by_ip[ip]
         log.info(
             "close %s peer=%s code=%s reason=%r duration=%.3fs id=%s",
             self.request.path,
@@ -300,6 +389,12 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         if self.tornado_data_plane:
             return super().get_websocket_protocol()
         return Protocol.for_handler(self)
+
+    def abort(self) -> None:
+        """Close the TCP connection now, without a closing handshake."""
+        connection = self.ws_connection
+        if connection is not None:
+            connection._abort()
 
     def send(self, message: Message) -> bool:
         """Queue ``message`` for this connection without waiting.
@@ -467,3 +562,31 @@ class ChatHandler(WebSocketHandler):
         ):
             return
         super().deliver(envelope)
+
+
+def origin_allowed(origin: str, allowed: Iterable[str]) -> bool:
+    """Whether ``origin`` is one of ``allowed``: an exact origin, or
+    ``scheme://*.domain[:port]`` for every subdomain of ``domain`` (not ``domain``
+    itself). Scheme and port must match; host names compare case-insensitively."""
+    try:
+        parsed = urllib.parse.urlsplit(origin.lower())
+        port = parsed.port
+    except ValueError:
+        return False
+    host = parsed.hostname or ""
+    for pattern in allowed:
+        if "*" not in pattern:
+            if origin == pattern:
+                return True
+            continue
+        wanted = urllib.parse.urlsplit(pattern.lower())
+        domain = wanted.netloc.rsplit(":", 1)[0] if wanted.port is not None else wanted.netloc
+        if (
+            wanted.scheme == parsed.scheme
+            and domain.startswith("*.")
+            and host.endswith(domain[1:])
+            and len(host) > len(domain) - 1
+            and wanted.port == port
+        ):
+            return True
+    return False

@@ -45,6 +45,7 @@ import tornado.websocket
 
 from .exceptions import ProtocolError
 from .frames import CloseCode, Message, Opcode, Reader, encode_close, encode_frame
+from .stats import Stats
 
 __all__ = ["CLOSE_TIMEOUT", "Protocol"]
 
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds a closing connection waits for the peer before the socket is closed anyway.
 CLOSE_TIMEOUT = 5.0
+#: Counters of connections whose handler keeps none (plain Tornado handlers).
+_UNCOUNTED = Stats()
 #: Messages handled from one read before yielding to the event loop, so that a
 #: flood on one connection cannot starve the others.
 YIELD_EVERY = 256
@@ -102,7 +105,18 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
             max_message_size=handler.max_message_size,
             compression_options=handler.get_compression_options(),
         )
-        return cls(handler, False, params)
+        protocol = cls(handler, False, params)
+        protocol.max_outgoing = getattr(handler, "max_outgoing", 0)
+        protocol.drop_when_slow = getattr(handler, "slow_consumer", "close") == "drop"
+        protocol._stats = getattr(handler, "tornws_stats", _UNCOUNTED)
+        return protocol
+
+    #: Bytes that may wait for a slow receiver before its policy applies (0: no bound).
+    max_outgoing = 0
+    #: The slow-consumer policy: skip this receiver's messages over the bound
+    #: (``True``), or close the connection with 1008 (``False``).
+    drop_when_slow = False
+    _stats = _UNCOUNTED
 
     def __init__(self, handler: Any, mask_outgoing: bool, params: Any) -> None:
         super().__init__(handler, mask_outgoing, params)
@@ -222,16 +236,16 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
             if _batch.active:
                 _batch.flush()
 
+    def _who(self) -> str:
+        """``<path> peer=<address>``, for log lines."""
+        request = getattr(self.handler, "request", None)
+        if request is None:
+            return "? peer=?"
+        return f"{request.path} peer={request.remote_ip}"
+
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 7.1.7): send a close frame, then close TCP."""
-        request = getattr(self.handler, "request", None)
-        log.info(
-            "failing connection %s peer=%s: %d %s",
-            request.path if request else "?",
-            request.remote_ip if request else "?",
-            code,
-            reason,
-        )
+        log.info("failing connection %s: %d %s", self._who(), code, reason)
         self.client_terminated = True  # read nothing more
         self.close(code, reason)
 
@@ -303,11 +317,16 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         if self.server_terminated or self._finished:
             return False
         if self._compressor is None:
-            self._send(message.frame)
+            frame = message.frame
+            if self._queued and self._queued + len(frame) > self.max_outgoing > 0:
+                return self._slow()
+            self._send(frame)
         else:
+            payload = message.payload
+            if self._queued and self._queued + len(payload) > self.max_outgoing > 0:
+                return self._slow()  # before compressing: the peer's context must not skip
             opcode = Opcode.BINARY if message.binary else Opcode.TEXT
-            payload = self._compressor.compress(message.payload)
-            self._send(encode_frame(opcode, payload, rsv1=True))
+            self._send(encode_frame(opcode, self._compressor.compress(payload), rsv1=True))
         return True
 
     def write_message(
@@ -318,6 +337,11 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         if isinstance(message, dict):
             message = tornado.escape.json_encode(message)
         payload = tornado.escape.utf8(message)
+        if self._queued and self._queued + len(payload) > self.max_outgoing > 0:
+            self._slow()
+            if self.server_terminated:  # policy "close"
+                raise tornado.websocket.WebSocketClosedError()
+            return self._write_future()  # "drop": done once what is queued is sent
         opcode = Opcode.BINARY if binary else Opcode.TEXT
         if self._compressor is not None:
             self._send(encode_frame(opcode, self._compressor.compress(payload), rsv1=True))
@@ -360,6 +384,7 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         if self._queue or sock is None:
             self._queue.append(memoryview(frame))
             self._queued += len(frame)
+            self._stats.outgoing_bytes += len(frame)
             return
         try:
             sent = sock.send(frame)
@@ -372,6 +397,7 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         if sent < len(frame):
             self._queue.append(memoryview(frame)[sent:])
             self._queued += len(frame) - sent
+            self._stats.outgoing_bytes += len(frame) - sent
             self._start_writing()
         elif self._waiters:
             self._resolve_waiters()
@@ -415,6 +441,7 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
                 return
             self._sent += sent
             self._queued -= sent
+            self._stats.outgoing_bytes -= sent
             if sent < len(chunk):
                 queue[0] = chunk[sent:]
                 break
@@ -434,6 +461,40 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
     def buffered_amount(self) -> int:
         """Bytes queued for this connection that the kernel has not taken yet."""
         return self._queued
+
+    def _slow(self) -> bool:
+        """A message would take this receiver's queue over ``max_outgoing``:
+        skip it (policy ``drop``) or close the connection (``close``). ``False``:
+        the message is not sent."""
+        if self.drop_when_slow:
+            self._stats.slow_consumer_drops += 1
+            return False
+        queued = self._queued
+        self._stats.slow_consumer_closes += 1
+        log.warning(
+            "closing slow consumer %s: %d bytes unsent, limit %d",
+            self._who(),
+            queued,
+            self.max_outgoing,
+        )
+        # Free what the peer has not started to receive; keep the frame it is in.
+        queue = self._queue
+        kept = queue[0] if queue else None
+        shed = queued - (len(kept) if kept is not None else 0)
+        queue.clear()
+        if kept is not None:
+            queue.append(kept)
+        self._queued -= shed
+        self._submitted -= shed
+        self._stats.outgoing_bytes -= shed
+        closed = tornado.websocket.WebSocketClosedError()
+        while self._waiters and self._waiters[-1][0] > self._submitted:
+            future = self._waiters.pop()[1]
+            if not future.done():
+                future.set_exception(closed)
+                future.exception()
+        self.close(CloseCode.POLICY_VIOLATION, "slow consumer")
+        return False
 
     # Closing
 
@@ -497,6 +558,7 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
                 future.set_exception(closed)
                 future.exception()  # a caller that never awaits it is not an error
         self._queue.clear()
+        self._stats.outgoing_bytes -= self._queued
         self._queued = 0
         self._held = None
         self._held_size = 0

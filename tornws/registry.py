@@ -22,6 +22,7 @@ import logging
 from typing import Any, Protocol
 
 from .broker import Broker, Envelope, MemoryBroker
+from .stats import Stats
 
 __all__ = ["Connection", "Member", "Registry"]
 
@@ -61,6 +62,10 @@ class Registry:
         self._guests = itertools.count(1)
         #: Every open tornws connection of the application (for shutdown and counts).
         self.connections: set[Connection] = set()
+        #: Counters of those connections (outgoing bytes, slow consumers, refusals).
+        self.stats = Stats()
+        #: Set by :func:`tornws.server.drain`: ``/healthz`` answers 503, upgrades get 503.
+        self.draining = False
 
     @classmethod
     def for_application(cls, application: Any) -> Registry:

@@ -1,11 +1,20 @@
-"""Running an application until SIGINT or SIGTERM, then shutting down cleanly."""
+"""Running an application until SIGINT or SIGTERM, then draining it.
+
+:func:`drain` is the graceful shutdown, usable by embedders too: ``/healthz``
+turns 503 and new upgrades get 503 with ``Retry-After`` (so a load balancer
+moves traffic away), messages already queued are sent, then every connection
+is closed (1001 going away, or 1012 for a restart) in jittered batches spread
+over a window, so that reconnecting clients do not all arrive at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import signal
 import socket
+import ssl
 from typing import Any
 
 import tornado.httpserver
@@ -15,9 +24,81 @@ import tornado.web
 from .frames import CloseCode
 from .registry import Registry
 
-__all__ = ["serve"]
+__all__ = ["drain", "serve", "ssl_context"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds over which :func:`drain` spreads the closes by default.
+DEFAULT_DRAIN_WINDOW = 2.0
+#: Seconds :func:`drain` waits, after the window, for connections to finish closing.
+DEFAULT_DRAIN_TIMEOUT = 10.0
+#: Seconds a new TCP connection has to send its request (``idle_connection_timeout``).
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: Smallest pause between two batches of closes.
+_BATCH_INTERVAL = 0.05
+
+
+async def drain(
+    registry: Registry,
+    *,
+    code: int = CloseCode.GOING_AWAY,
+    reason: str = "server shutting down",
+    window: float = DEFAULT_DRAIN_WINDOW,
+    timeout: float = DEFAULT_DRAIN_TIMEOUT,
+) -> int:
+    """Close every connection of ``registry`` gracefully; return how many there were.
+
+    From the call on, ``registry.draining`` is true: ``/healthz`` answers 503 and
+    upgrades are refused with 503 + ``Retry-After``. The open connections are
+    shuffled and closed with ``code``/``reason`` in batches, one every 50 ms or
+    more, over ``window`` seconds; until its turn a connection keeps receiving.
+    Each close frame follows what was already queued for that connection, so
+    nothing accepted before it is lost. Returns once every connection has
+    closed, or ``timeout`` seconds after the window, when the rest are cut.
+    """
+    registry.draining = True
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    connections = list(registry.connections)
+    random.shuffle(connections)
+    count = len(connections)
+    batches = max(1, min(count, int(window / _BATCH_INTERVAL)))
+    log.info(
+        "draining: closing %d connection(s) with %d over %.1f s, in %d batch(es)",
+        count,
+        code,
+        window,
+        batches,
+    )
+    slot = window / batches
+    for index in range(batches):
+        due = start + index * slot + random.uniform(0, slot)
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        for connection in connections[index::batches]:
+            connection.close(code, reason)
+    # Upgrades that passed admission before draining began (rare): close them too.
+    for connection in list(registry.connections):
+        if connection not in connections:
+            connection.close(code, reason)
+    deadline = loop.time() + timeout
+    while registry.connections and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    left = list(registry.connections)
+    if left:
+        log.warning("drain timeout: cutting %d connection(s) that did not close", len(left))
+        for connection in left:
+            abort = getattr(connection, "abort", None)
+            if abort is not None:
+                abort()
+    return count
+
+
+def ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+    """A server TLS context (TLS 1.2+, Python's defaults) from a certificate chain and key."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile, keyfile)
+    return context
 
 
 async def serve(
@@ -25,21 +106,28 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = 8765,
     *,
-    shutdown_timeout: float = 5.0,
+    close_code: int = CloseCode.GOING_AWAY,
+    drain_window: float = DEFAULT_DRAIN_WINDOW,
+    shutdown_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     stop: asyncio.Event | None = None,
     **server_options: Any,
 ) -> None:
     """Serve ``application`` on ``host:port`` until SIGINT, SIGTERM or ``stop`` is set.
 
-    On stop: the listening sockets close, every tornws connection is closed
-    with 1001 (going away), and the function returns once they are closed or
-    ``shutdown_timeout`` seconds have passed.
+    On stop: :func:`drain` (``close_code``, ``drain_window``,
+    ``shutdown_timeout``) while still listening, so that late clients get a 503
+    rather than a refused connection; then the listening sockets and the
+    remaining HTTP connections close and the function returns: within
+    ``drain_window + shutdown_timeout`` seconds and a little more.
 
     Args:
         port: ``0`` picks a free port; the log line ``listening on ...`` names it.
+        close_code: 1001 (going away) or 1012 (service restart: come back soon).
         **server_options: passed to ``tornado.httpserver.HTTPServer`` (for
-            example ``ssl_options``).
+            example ``ssl_options``, see :func:`ssl_context`).
     """
+    # Also the handshake timeout: a client must send its request within it.
+    server_options.setdefault("idle_connection_timeout", DEFAULT_HANDSHAKE_TIMEOUT)
     sockets = tornado.netutil.bind_sockets(port, host)
     server = tornado.httpserver.HTTPServer(application, **server_options)
     server.add_sockets(sockets)
@@ -56,15 +144,13 @@ async def serve(
         loop.add_signal_handler(signum, _on_signal, stop, signum)
     try:
         await stop.wait()
-        server.stop()
         registry = Registry.for_application(application)
-        count = registry.close_all(CloseCode.GOING_AWAY, "server shutting down")
-        log.info("shutting down: closing %d connection(s)", count)
-        deadline = loop.time() + shutdown_timeout
-        while registry.connections and loop.time() < deadline:
-            await asyncio.sleep(0.02)
-        await server.close_all_connections()
+        await drain(registry, code=close_code, window=drain_window, timeout=shutdown_timeout)
+        server.stop()
+        await asyncio.wait_for(server.close_all_connections(), timeout=1.0)
         log.info("stopped")
+    except asyncio.TimeoutError:
+        log.info("stopped (some HTTP connections were still open)")
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
@@ -75,5 +161,5 @@ def _on_signal(stop: asyncio.Event, signum: int) -> None:
     if stop.is_set():
         log.info("received %s: already shutting down", name)
     else:
-        log.info("received %s", name)
+        log.info("received %s: draining", name)
     stop.set()
