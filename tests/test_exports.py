@@ -11,6 +11,7 @@ import tornws
 
 PUBLIC_MODULES = [
     "tornws.app",
+    "tornws.auth",
     "tornws.bench",
     "tornws.bench.load",
     "tornws.bench.raw_tornado",
@@ -23,6 +24,7 @@ PUBLIC_MODULES = [
     "tornws.exceptions",
     "tornws.frames",
     "tornws.handlers",
+    "tornws.metrics",
     "tornws.page",
     "tornws.registry",
     "tornws.server",

@@ -24,7 +24,7 @@ import tornws
 from tornws.frames import Message
 
 from conftest import Server, free_port
-from wsclient import recv
+from wsclient import recv, recv_until_closed
 
 BULK = b"b" * (512 * 1024)
 
@@ -277,3 +277,55 @@ class TestOutgoingBudget:
         welcome = await ws_connect(f"{ws_url}/feed?rooms=x")
         registry.publish("x", Message("served again"))
         assert await recv(welcome) == "served again"
+
+
+class TestRateAndIdle:
+    @pytest.fixture
+    def app(self, registry: tornws.Registry) -> Any:
+        return tornws.make_app(
+            registry=registry,
+            handler_options={"rate_limit": (20, 1.0), "idle_timeout": 0.5},
+        )
+
+    @pytest.mark.gen_test(timeout=20)
+    async def test_a_flood_is_closed_1008_and_others_keep_their_echo(
+        self, registry: tornws.Registry, ws_url: str, ws_connect: Any
+    ) -> None:
+        neighbour = await ws_connect(f"{ws_url}/echo")
+        flood = await ws_connect(f"{ws_url}/echo")
+        for i in range(100):
+            flood.write_message(f"{i}")
+        replies = await recv_until_closed(flood)
+        assert replies == [f"{i}" for i in range(20)]  # the burst, then the close
+        assert (flood.close_code, flood.close_reason) == (1008, "message rate limit")
+        assert registry.stats.rate_limited == 1
+        await neighbour.write_message("still here")
+        assert await recv(neighbour) == "still here"
+
+    @pytest.mark.gen_test(timeout=20)
+    async def test_within_the_rate_nothing_happens(
+        self, registry: tornws.Registry, ws_url: str, ws_connect: Any
+    ) -> None:
+        steady = await ws_connect(f"{ws_url}/echo")
+        for i in range(30):  # 30 messages over 1.5 s: 20 per second, the limit
+            await steady.write_message(f"{i}")
+            assert await recv(steady) == f"{i}"
+            await asyncio.sleep(0.05)
+        assert registry.stats.rate_limited == 0
+
+    @pytest.mark.gen_test(timeout=20)
+    async def test_idle_connection_is_closed_1000_but_a_talking_one_is_not(
+        self, registry: tornws.Registry, ws_url: str, ws_connect: Any
+    ) -> None:
+        idle = await ws_connect(f"{ws_url}/echo")
+        talking = await ws_connect(f"{ws_url}/echo")
+        started = time.monotonic()
+        for _ in range(8):  # 0.8 s of talk, one message every 0.1 s
+            await talking.write_message("hi")
+            assert await recv(talking) == "hi"
+            await asyncio.sleep(0.1)
+        assert await recv_until_closed(idle) == []
+        assert (idle.close_code, idle.close_reason) == (1000, "idle timeout")
+        assert 0.45 < time.monotonic() - started < 2
+        assert talking.close_code is None
+        assert registry.stats.idle_closes == 1

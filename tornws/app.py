@@ -14,8 +14,10 @@ from typing import Any
 import tornado.web
 from tornado.routing import URLSpec
 
+from .auth import log_request
 from .chat import ROOM_PATTERN
 from .handlers import BroadcastHandler, ChatHandler, EchoHandler
+from .metrics import MetricsHandler
 from .page import STATIC_DIR, ChatPageHandler, StaticHandler
 from .registry import Registry
 
@@ -128,6 +130,8 @@ def make_app(
     registry = registry if registry is not None else Registry()
     handlers: list[Any] = [
         URLSpec(r"/healthz", HealthHandler),
+        URLSpec(r"/metrics", MetricsHandler, {"registry": registry}),
         *routes(registry=registry, page=True, **(handler_options or {})),
     ]
-    return tornado.web.Application(handlers, **{"tornws.registry": registry, **settings})
+    defaults = {"tornws.registry": registry, "log_function": log_request}
+    return tornado.web.Application(handlers, **{**defaults, **settings})

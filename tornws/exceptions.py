@@ -35,9 +35,11 @@ class HandshakeError(TornwsError, tornado.web.HTTPError):
     and log the refusal at INFO on the ``tornws.handlers`` logger.
     """
 
-    def __init__(self, status: int, body: str) -> None:
+    def __init__(self, status: int, body: str, kind: str = "") -> None:
         tornado.web.HTTPError.__init__(self, status, "%s", body)
         self.body = body
+        #: A short name for counting refusals (``ticket``, ``room``, …); the status if empty.
+        self.kind = kind
 
     def __str__(self) -> str:
         return f"HTTP {self.status_code}: {self.body}"

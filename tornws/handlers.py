@@ -18,9 +18,18 @@ Every handler takes its dependencies through ``initialize()`` (so through the
   1 MiB, ``0``: no bound). A message that would go over it applies
   ``slow_consumer``: ``"close"`` (the default: close 1008 ``slow consumer``,
   unsent messages freed) or ``"drop"`` (that receiver misses that message).
+- ``rate_limit``: ``(messages, seconds)``, e.g. ``(100, 1.0)``: a client may
+  send bursts of ``messages`` and that many per ``seconds`` on average; faster
+  closes the connection with 1008 ``message rate limit``. Default: none.
+- ``idle_timeout``: seconds; a client that sends no message for that long is
+  closed with 1000 ``idle timeout`` (pings and pongs do not count). Default: none.
 - ``user_loader``: a function ``(handler) -> user`` used as
   ``get_current_user``; pass your own base handler's ``get_current_user`` to
   share its authentication.
+- ``tickets``: a :class:`tornws.auth.Tickets`: the client must present a
+  ticket in the ``ticket`` query argument; its user is ``current_user``. A
+  missing, forged, expired or reused ticket: HTTP 401 with the reason.
+- ``require_user``: refuse (HTTP 401) a client without a current user.
 
 Process-wide limits are application settings, checked before the upgrade
 (HTTP 503 with ``Retry-After``): ``tornws_max_connections`` and
@@ -41,13 +50,14 @@ import logging
 import os
 import time
 import urllib.parse
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from typing import Any, Callable, ClassVar
 
 import tornado.web
 import tornado.websocket
 
 from . import chat
+from .auth import TicketError, Tickets
 from .broker import Envelope
 from .exceptions import HandshakeError
 from .frames import CloseCode, Message
@@ -162,6 +172,10 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     #: See the module docstring.
     max_outgoing: int = DEFAULT_MAX_OUTGOING
     slow_consumer: str = "close"
+    rate_limit: tuple[int, float] | None = None
+    idle_timeout: float | None = None
+    _tickets: Tickets | None = None
+    _require_user = False
 
     def __init__(self, application: tornado.web.Application, request: Any, **kwargs: Any) -> None:
         #: Unique id of this connection, used in logs and to recognise its own messages.
@@ -179,6 +193,10 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         user_loader: Callable[[Any], Any] | None = None,
         max_outgoing: int = DEFAULT_MAX_OUTGOING,
         slow_consumer: str = "close",
+        rate_limit: tuple[int, float] | None = None,
+        idle_timeout: float | None = None,
+        tickets: Tickets | None = None,
+        require_user: bool = False,
     ) -> None:
         """Take the handler's dependencies; see the module docstring for each."""
         if slow_consumer not in SLOW_CONSUMER_POLICIES:
@@ -188,8 +206,14 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self._origins = frozenset(origins)
         self._max_message_size = max_message_size
         self._user_loader = user_loader
+        if rate_limit is not None and (rate_limit[0] < 1 or rate_limit[1] <= 0):
+            raise ValueError(f"rate_limit must be (messages >= 1, seconds > 0), not {rate_limit}")
         self.max_outgoing = max_outgoing
         self.slow_consumer = slow_consumer
+        self.rate_limit = rate_limit
+        self.idle_timeout = idle_timeout
+        self._tickets = tickets
+        self._require_user = require_user
 
     @property
     def registry(self) -> Registry:
@@ -206,7 +230,8 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     # Tornado hooks, with tornws defaults
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        """Refuse with 503 while draining or over a limit; else Tornado's upgrade."""
+        """Before Tornado's upgrade: 503 while draining or over a limit, then the
+        ticket and ``require_user`` (401), then :meth:`before_upgrade`."""
         refusal = self._admission()
         if refusal is not None:
             kind, reason = refusal
@@ -217,7 +242,15 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             self.set_header("Content-Type", "text/plain; charset=UTF-8")
             self.finish(reason + "\n")
             return
+        if self.current_user is None and (self._require_user or self._tickets is not None):
+            raise HandshakeError(401, "authentication required", kind="auth")
+        self.before_upgrade(*args, **kwargs)
         await super().get(*args, **kwargs)
+
+    def before_upgrade(self, *args: Any, **kwargs: Any) -> None:
+        """Last check before the upgrade, with the URL's arguments; raise
+        :class:`HandshakeError` to refuse. Runs after the limits and the
+        authentication, so ``current_user`` is known."""
 
     def _admission(self) -> tuple[str, str] | None:
         registry = self.registry
@@ -272,7 +305,16 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         )
 
     def get_current_user(self) -> Any:
-        """The ``user_loader``'s answer, else ``None``."""
+        """With ``tickets``: the user of the ``ticket`` query argument (redeemed
+        here, once). Else the ``user_loader``'s answer, else ``None``."""
+        if self._tickets is not None:
+            ticket = self.get_query_argument("ticket", "")
+            if not ticket:
+                raise HandshakeError(401, "ticket required", kind="ticket")
+            try:
+                return self._tickets.redeem(ticket)
+            except TicketError as exc:
+                raise HandshakeError(401, str(exc), kind="ticket") from None
         return self._user_loader(self) if self._user_loader is not None else None
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
@@ -354,11 +396,13 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, HandshakeError):
             self._refusal = value.body  # logged once, by on_finish
+            self._refusal_kind = value.kind
         else:
             super().log_exception(typ, value, tb)
 
     def on_connection_close(self) -> None:
         opened_at, self._opened_at = self._opened_at, None
+        protocol = self.ws_connection  # Tornado forgets it in on_connection_close
         super().on_connection_close()  # runs on_close()
         if opened_at is None:
             return
@@ -372,12 +416,15 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             if by_ip[ip] <= 0:
                 del by_ip[ip]
         log.info(
-            "close %s peer=%s code=%s reason=%r duration=%.3fs id=%s",
+            "close %s peer=%s code=%s reason=%r duration=%.3fs messages_in=%s messages_out=%s "
+            "id=%s",
             self.request.path,
             self.request.remote_ip,
             self.close_code,
             self.close_reason or "",
             time.monotonic() - opened_at,
+            getattr(protocol, "messages_in", "?"),
+            getattr(protocol, "messages_out", "?"),
             self.connection_id,
         )
 
@@ -474,6 +521,9 @@ class ChatHandler(WebSocketHandler):
     one (``get_current_user``), else the ``nick`` query argument, else a
     generated ``guest-N``; an invalid nick is refused with HTTP 400.
 
+    ``room_authorizer``: a function ``(current_user, room) -> bool``; ``False``
+    refuses the upgrade with HTTP 403 (``not allowed in room <room>``).
+
     Bad input never costs the connection in ``chat.json``: invalid JSON, an
     unknown type or a binary message get an ``error`` event. A binary message
     in plain text, which has no way to say so, closes the connection with 1003
@@ -486,24 +536,32 @@ class ChatHandler(WebSocketHandler):
     nick: str
 
     def initialize(
-        self, registry: Registry | None = None, *, default_room: str = "lobby", **options: Any
+        self,
+        registry: Registry | None = None,
+        *,
+        default_room: str = "lobby",
+        room_authorizer: Callable[[Any, str], bool] | None = None,
+        **options: Any,
     ) -> None:
         super().initialize(registry, **options)
         self.default_room = default_room
+        self.room_authorizer = room_authorizer
         self.room = ""
         self.nick = ""
 
-    def prepare(self) -> Awaitable[None] | None:
-        """Choose the nick before the upgrade, refusing an invalid one with 400."""
+    def before_upgrade(self, room: str | None = None) -> None:
+        """Choose the nick (400 if invalid) and check the room (403 if not allowed)."""
         user = self.current_user
         nick = str(user) if user is not None else self.get_query_argument("nick", "")
         if nick:
             try:
                 chat.validate_nick(nick)
             except ValueError as exc:
-                raise HandshakeError(400, str(exc)) from None
+                raise HandshakeError(400, str(exc), kind="nick") from None
         self.nick = nick
-        return None
+        room = room or self.default_room
+        if self.room_authorizer is not None and not self.room_authorizer(user, room):
+            raise HandshakeError(403, f"not allowed in room {room}", kind="room")
 
     def open(self, room: str | None = None) -> None:
         self.room = room or self.default_room

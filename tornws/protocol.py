@@ -109,6 +109,12 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         protocol.max_outgoing = getattr(handler, "max_outgoing", 0)
         protocol.drop_when_slow = getattr(handler, "slow_consumer", "close") == "drop"
         protocol._stats = getattr(handler, "tornws_stats", _UNCOUNTED)
+        rate_limit = getattr(handler, "rate_limit", None)
+        if rate_limit is not None:
+            count, seconds = rate_limit
+            protocol._rate = count / seconds
+            protocol._burst = protocol._tokens = float(count)
+        protocol._idle_timeout = getattr(handler, "idle_timeout", None)
         return protocol
 
     #: Bytes that may wait for a slow receiver before its policy applies (0: no bound).
@@ -117,6 +123,13 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
     #: (``True``), or close the connection with 1008 (``False``).
     drop_when_slow = False
     _stats = _UNCOUNTED
+    # Inbound rate limit (token bucket; off when _rate is None) and idle timeout.
+    _rate: float | None = None
+    _burst = _tokens = 0.0
+    _refilled_at = 0.0
+    _idle_timeout: float | None = None
+    _idle_timer: asyncio.TimerHandle | None = None
+    _last_in = 0.0
 
     def __init__(self, handler: Any, mask_outgoing: bool, params: Any) -> None:
         super().__init__(handler, mask_outgoing, params)
@@ -141,6 +154,10 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         self._handled = 0  # messages handled in the current slice (see YIELD_EVERY)
         self._ping_sent_at: float | None = None  # a ping awaits its pong since then
         self._last_ping = 0.0
+        #: Counters, added to the registry's stats when the connection ends.
+        self.messages_in = 0
+        self.messages_out = 0
+        self.bytes_in = 0
 
     # Taking over from Tornado
 
@@ -156,9 +173,12 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         else:
             self._take_socket()
         interval = self.ping_interval
+        now = self._last_in = self._refilled_at = self._loop.time()
         if interval > 0:
-            self._last_ping = self._loop.time()
+            self._last_ping = now
             self._ping_timer = self._loop.call_later(interval, self._keepalive)
+        if self._idle_timeout:
+            self._idle_timer = self._loop.call_later(self._idle_timeout, self._check_idle)
 
     def _on_101_flushed(self, future: asyncio.Future[None]) -> None:
         if not future.cancelled():
@@ -228,6 +248,7 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         reader = self._reader
         assert reader is not None
         self._handled = 0
+        self.bytes_in += len(data)
         try:
             reader.feed(data)
         except ProtocolError as exc:
@@ -254,6 +275,9 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
     def on_data(self, message: str | bytes) -> None:
         if self.client_terminated or self.server_terminated:
             return  # closing: messages after our close frame are not delivered
+        self.messages_in += 1
+        if (self._rate is not None or self._idle_timeout) and self._over_rate():
+            return
         if self._handled:  # a second message from this read: hold frames (see _Batch)
             _batch.active = True
         result = self._run_callback(self.handler.on_message, message)
@@ -269,6 +293,36 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
             self._pause(reader)
             assert self._loop is not None
             self._loop.call_soon(self._resume, None)
+
+    def _over_rate(self) -> bool:
+        """Note the message's arrival; fail the connection (1008) if it is over the rate."""
+        assert self._loop is not None
+        now = self._last_in = self._loop.time()
+        rate = self._rate
+        if rate is None:
+            return False
+        tokens = min(self._burst, self._tokens + (now - self._refilled_at) * rate)
+        self._refilled_at = now
+        if tokens < 1.0:
+            self._stats.rate_limited += 1
+            self._fail(CloseCode.POLICY_VIOLATION, "message rate limit")
+            return True
+        self._tokens = tokens - 1.0
+        return False
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        timeout = self._idle_timeout
+        if self.is_closing() or not timeout:
+            return
+        assert self._loop is not None
+        due = self._last_in + timeout
+        if self._loop.time() >= due:
+            self._stats.idle_closes += 1
+            log.info("closing idle connection %s: no message in %.1f s", self._who(), timeout)
+            self.close(CloseCode.NORMAL_CLOSURE, "idle timeout")
+        else:
+            self._idle_timer = self._loop.call_at(due, self._check_idle)
 
     def _pause(self, reader: Reader) -> None:
         reader.paused = True
@@ -295,6 +349,8 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         self._run_callback(self.handler.on_ping, payload)
 
     def on_pong(self, payload: bytes) -> None:
+        if self._ping_sent_at is not None and self._loop is not None:
+            self._stats.ping_rtt_seconds.observe(self._loop.time() - self._ping_sent_at)
         self._ping_sent_at = None
         self._received_pong = True
         self._run_callback(self.handler.on_pong, payload)
@@ -321,12 +377,14 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
             if self._queued and self._queued + len(frame) > self.max_outgoing > 0:
                 return self._slow()
             self._send(frame)
+            self.messages_out += 1
         else:
             payload = message.payload
             if self._queued and self._queued + len(payload) > self.max_outgoing > 0:
                 return self._slow()  # before compressing: the peer's context must not skip
             opcode = Opcode.BINARY if message.binary else Opcode.TEXT
             self._send(encode_frame(opcode, self._compressor.compress(payload), rsv1=True))
+            self.messages_out += 1
         return True
 
     def write_message(
@@ -347,6 +405,7 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
             self._send(encode_frame(opcode, self._compressor.compress(payload), rsv1=True))
         else:
             self._send(encode_frame(opcode, payload))
+        self.messages_out += 1
         return self._write_future()
 
     def write_ping(self, data: bytes) -> None:
@@ -458,6 +517,11 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
                 self._finish()
 
     @property
+    def bytes_out(self) -> int:
+        """Bytes the kernel took for this connection (frames of every kind)."""
+        return self._sent
+
+    @property
     def buffered_amount(self) -> int:
         """Bytes queued for this connection that the kernel has not taken yet."""
         return self._queued
@@ -536,6 +600,10 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
             return
         self._finished = True
         self._cancel_ping()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self._stats.closed.add(self)
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None

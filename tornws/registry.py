@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from typing import Any, Protocol
 
 from .broker import Broker, Envelope, MemoryBroker
@@ -155,6 +156,9 @@ class Registry:
         an encoding computed by one (``envelope.encode(codec)``) serves all.
         """
         members = self.members(envelope.room)
+        if not members:
+            return 0
+        started = time.perf_counter()
         failed: list[Member] = []
         for member in members:
             try:
@@ -167,6 +171,7 @@ class Registry:
                     envelope.room,
                 )
                 failed.append(member)
+        self.stats.fanout_seconds.observe(time.perf_counter() - started)
         for member in failed:
             self.leave(envelope.room, member)
         return len(members) - len(failed)

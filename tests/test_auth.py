@@ -1,0 +1,186 @@
+"""Authentication: tickets (examples/tickets.py), ``require_user``, per-room authorization."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tornado.httpclient
+import tornado.web
+
+import tornws
+from tornws.auth import TicketError, Tickets, redact
+
+from conftest import ROOT
+from wsclient import recv_json
+
+SECRET = "a test secret of enough length"
+
+
+def load_example() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "tickets_example", Path(ROOT) / "examples" / "tickets.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_ticket_round_trip_expiry_reuse_and_forgery() -> None:
+    clock = Clock()
+    tickets = Tickets(SECRET, ttl=30, clock=clock)
+    ticket = tickets.mint("ann")
+    assert tickets.redeem(ticket) == "ann"
+    with pytest.raises(TicketError, match="ticket already used"):
+        tickets.redeem(ticket)
+    late = tickets.mint("bob")
+    clock.now += 30
+    with pytest.raises(TicketError, match="ticket expired"):
+        tickets.redeem(late)
+    body, signature = tickets.mint("bob").split(".")
+    other = Tickets(SECRET + "!", clock=clock).mint("bob").split(".")[1]
+    for forged in (f"{body}.{other}", f"{body[:-2]}xx.{signature}", "garbage", "", "a.b.c"):
+        with pytest.raises(TicketError, match="invalid ticket"):
+            tickets.redeem(forged)
+    assert tickets.redeem(f"{body}.{signature}") == "bob"  # the genuine one still works
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        Tickets("short")
+
+
+def test_used_tickets_are_forgotten_once_expired() -> None:
+    clock = Clock()
+    tickets = Tickets(SECRET, ttl=1, clock=clock)
+    for _ in range(1100):
+        tickets.redeem(tickets.mint("ann"))
+    clock.now += 2
+    tickets.redeem(tickets.mint("ann"))
+    assert len(tickets._used) == 1
+
+
+def test_redact() -> None:
+    assert redact("/chat/x?ticket=abc.def&nick=a") == "/chat/x?ticket=…&nick=a"
+    assert redact("/chat/x?nick=a&ticket=abc") == "/chat/x?nick=a&ticket=…"
+    assert redact("/chat/x?nick=a") == "/chat/x?nick=a"
+
+
+@pytest.fixture
+def app(registry: tornws.Registry) -> Any:
+    application = load_example().make_app()
+    application.settings["tornws.registry"] = registry
+    return application
+
+
+async def login(http_url: str, name: str) -> str:
+    client = tornado.httpclient.AsyncHTTPClient()
+    response = await client.fetch(f"{http_url}/login?name={name}")
+    return response.headers["Set-Cookie"].split(";")[0]
+
+
+async def mint(http_url: str, cookie: str | None) -> tornado.httpclient.HTTPResponse:
+    headers = {"Cookie": cookie} if cookie else {}
+    return await tornado.httpclient.AsyncHTTPClient().fetch(
+        f"{http_url}/ticket", method="POST", body=b"", headers=headers, raise_error=False
+    )
+
+
+async def closed(connection: Any, registry: tornws.Registry) -> None:
+    """Close ``connection`` and wait until the server has closed its side."""
+    connection.close()
+    for _ in range(200):
+        if not registry.connections:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the server kept the connection")
+
+
+async def refusal(url: str) -> tuple[int, str]:
+    with pytest.raises(tornado.httpclient.HTTPClientError) as info:
+        await tornado.websocket.websocket_connect(url)
+    assert info.value.response is not None
+    return info.value.code, info.value.response.body.decode().strip()
+
+
+@pytest.mark.gen_test
+async def test_ticket_flow_with_real_sockets(
+    http_url: str, ws_url: str, ws_connect: Any, registry: tornws.Registry, caplog: Any
+) -> None:
+    caplog.set_level(logging.INFO, logger="tornado.access")
+    anonymous = await mint(http_url, None)
+    assert anonymous.code == 401 and json.loads(anonymous.body) == {"error": "sign in first"}
+
+    cookie = await login(http_url, "ann")
+    minted = await mint(http_url, cookie)
+    assert minted.code == 200 and minted.headers["Cache-Control"] == "no-store"
+    answer = json.loads(minted.body)
+    assert answer["expires_in"] == 30
+    ticket = answer["ticket"]
+
+    connection = await ws_connect(
+        f"{ws_url}/chat/lobby?ticket={ticket}", subprotocols=["chat.json"]
+    )
+    assert (await recv_json(connection))["members"] == ["ann"]
+    joined = await recv_json(connection)
+    assert (joined["type"], joined["nick"]) == ("join", "ann")  # the ticket's user is the nick
+
+    assert await refusal(f"{ws_url}/chat/lobby?ticket={ticket}") == (401, "ticket already used")
+    assert await refusal(f"{ws_url}/chat/lobby") == (401, "ticket required")
+    assert await refusal(f"{ws_url}/chat/lobby?ticket=x{ticket}") == (401, "invalid ticket")
+    # The access log never shows a ticket.
+    access = "\n".join(r.getMessage() for r in caplog.records if r.name == "tornado.access")
+    assert "ticket=…" in access and ticket not in access and ticket[:20] not in access
+    assert registry.stats.rejections == {"ticket": 3}
+    await closed(connection, registry)
+
+
+@pytest.mark.gen_test
+async def test_room_authorization_refuses_with_403_before_the_upgrade(
+    http_url: str, ws_url: str, ws_connect: Any, registry: tornws.Registry
+) -> None:
+    bob = json.loads((await mint(http_url, await login(http_url, "bob"))).body)["ticket"]
+    assert await refusal(f"{ws_url}/chat/staff?ticket={bob}") == (403, "not allowed in room staff")
+    assert registry.members("staff") == ()
+    ann = json.loads((await mint(http_url, await login(http_url, "ann"))).body)["ticket"]
+    connection = await ws_connect(f"{ws_url}/chat/staff?ticket={ann}")
+    await connection.write_message("hello staff")
+    assert [type(m).__name__ for m in registry.members("staff")] == ["ChatHandler"]
+    assert registry.stats.rejections == {"room": 1}
+    await closed(connection, registry)
+
+
+class TestExpiryAndRequiredUser:
+    @pytest.fixture
+    def app(self, registry: tornws.Registry) -> Any:
+        self.tickets = Tickets(SECRET, ttl=0.2)
+        return tornado.web.Application(
+            [
+                (r"/t", tornws.EchoHandler, {"tickets": self.tickets}),
+                (r"/signed-in", tornws.EchoHandler, {"require_user": True}),
+            ],
+            **{"tornws.registry": registry},
+        )
+
+    @pytest.mark.gen_test
+    async def test_expired_ticket_and_require_user(
+        self, ws_url: str, ws_connect: Any, registry: tornws.Registry
+    ) -> None:
+        ticket = self.tickets.mint("ann")
+        await asyncio.sleep(0.3)
+        assert await refusal(f"{ws_url}/t?ticket={ticket}") == (401, "ticket expired")
+        connection = await ws_connect(f"{ws_url}/t?ticket={self.tickets.mint('ann')}")
+        await connection.write_message("in")
+        assert await refusal(f"{ws_url}/signed-in") == (401, "authentication required")
+        await closed(connection, registry)

@@ -1,0 +1,143 @@
+"""``GET /metrics``: the application's tornws counters in Prometheus's text format.
+
+Needs ``prometheus_client`` (``pip install 'tornws[metrics]'``); without it
+``/metrics`` answers 501 and says so. Nothing is recorded through
+``prometheus_client`` on the hot path: a collector reads the registry's
+:class:`~tornws.stats.Stats` and the open connections' counters when Prometheus
+scrapes, so metrics cost the data plane nothing but its own integer counters.
+
+Expose it where only your monitoring reaches (a separate port, or a proxy rule):
+it tells anyone how busy the server is.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import tornado.web
+
+from .registry import Registry
+
+__all__ = ["MetricsHandler", "collector"]
+
+_MISSING = (
+    "metrics need prometheus_client: pip install 'tornws[metrics]' "
+    "(or pip install prometheus_client), then restart\n"
+)
+
+
+def collector(registry: Registry) -> Any:
+    """A ``prometheus_client`` collector of ``registry``'s connections and stats.
+
+    Register it with your own ``CollectorRegistry`` if you serve metrics yourself.
+    """
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+    from prometheus_client.registry import Collector
+
+    class TornwsCollector(Collector):
+        def collect(self) -> Iterator[Any]:
+            stats = registry.stats
+            connections = list(registry.connections)
+            by_handler = Counter(type(c).__name__ for c in connections)
+            gauge = GaugeMetricFamily(
+                "tornws_connections", "Open WebSocket connections.", labels=["handler"]
+            )
+            for name, count in sorted(by_handler.items()):
+                gauge.add_metric([name], count)
+            yield gauge
+            yield GaugeMetricFamily(
+                "tornws_rooms", "Rooms with local members.", value=len(registry.rooms())
+            )
+            yield GaugeMetricFamily(
+                "tornws_outgoing_bytes",
+                "Bytes written for clients that the kernel has not taken yet.",
+                value=stats.outgoing_bytes,
+            )
+            rejections = CounterMetricFamily(
+                "tornws_handshake_rejections",
+                "Handshakes refused before the upgrade, by reason.",
+                labels=["reason"],
+            )
+            for reason, count in sorted(stats.rejections.items()):
+                rejections.add_metric([reason], count)
+            yield rejections
+            traffic = stats.traffic(connections)
+            for name, value, text in (
+                ("tornws_messages_received", traffic.messages_in, "Messages received."),
+                ("tornws_messages_sent", traffic.messages_out, "Messages sent."),
+                ("tornws_received_bytes", traffic.bytes_in, "Bytes received after upgrades."),
+                ("tornws_sent_bytes", traffic.bytes_out, "Bytes sent after upgrades."),
+            ):
+                yield CounterMetricFamily(name, text, value=value)
+            slow = CounterMetricFamily(
+                "tornws_slow_consumer",
+                "Messages dropped (policy drop) and connections closed (policy close) "
+                "for slow receivers.",
+                labels=["policy"],
+            )
+            slow.add_metric(["drop"], stats.slow_consumer_drops)
+            slow.add_metric(["close"], stats.slow_consumer_closes)
+            yield slow
+            yield CounterMetricFamily(
+                "tornws_rate_limited",
+                "Connections closed for sending too fast.",
+                value=stats.rate_limited,
+            )
+            yield CounterMetricFamily(
+                "tornws_idle_closes",
+                "Connections closed for sending nothing.",
+                value=stats.idle_closes,
+            )
+            for name, histogram, text in (
+                (
+                    "tornws_fanout_seconds",
+                    stats.fanout_seconds,
+                    "From a publish to the last local member's send.",
+                ),
+                (
+                    "tornws_ping_rtt_seconds",
+                    stats.ping_rtt_seconds,
+                    "From a keepalive ping to its pong.",
+                ),
+            ):
+                family = HistogramMetricFamily(name, text)
+                family.add_metric([], histogram.cumulative(), histogram.sum)
+                yield family
+
+    return TornwsCollector()
+
+
+class MetricsHandler(tornado.web.RequestHandler):
+    """Prometheus text for the application's registry (plus the process's CPU and memory)."""
+
+    def initialize(self, registry: Registry | None = None) -> None:
+        self._registry = registry
+
+    def get(self) -> None:
+        try:
+            import prometheus_client
+        except ImportError:
+            self.set_status(501)
+            self.set_header("Content-Type", "text/plain; charset=UTF-8")
+            self.finish(_MISSING)
+            return
+        registry = self._registry or Registry.for_application(self.application)
+        # One prometheus_client registry per application, made on the first scrape.
+        metrics = self.settings.get(_SETTINGS_KEY)
+        if metrics is None:
+            metrics = prometheus_client.CollectorRegistry()
+            metrics.register(collector(registry))
+            metrics.register(prometheus_client.ProcessCollector(registry=None))
+            self.application.settings[_SETTINGS_KEY] = metrics
+        self.set_header("Content-Type", prometheus_client.CONTENT_TYPE_LATEST)
+        self.set_header("Cache-Control", "no-store")
+        self.finish(prometheus_client.generate_latest(metrics))
+
+
+_SETTINGS_KEY = "tornws.metrics"
