@@ -118,7 +118,7 @@ async def refusal(url: str) -> tuple[int, str]:
 async def test_ticket_flow_with_real_sockets(
     http_url: str, ws_url: str, ws_connect: Any, registry: tornws.Registry, caplog: Any
 ) -> None:
-    caplog.set_level(logging.INFO, logger="tornado.access")
+    caplog.set_level(logging.INFO)
     anonymous = await mint(http_url, None)
     assert anonymous.code == 401 and json.loads(anonymous.body) == {"error": "sign in first"}
 
@@ -142,6 +142,9 @@ async def test_ticket_flow_with_real_sockets(
     # The access log never shows a ticket.
     access = "\n".join(r.getMessage() for r in caplog.records if r.name == "tornado.access")
     assert "ticket=…" in access and ticket not in access and ticket[:20] not in access
+    everything = "\n".join(r.getMessage() for r in caplog.records)
+    assert "close /chat/lobby" in everything or "open /chat/lobby" in everything
+    assert ticket[:20] not in everything and cookie.split("=", 1)[1][:20] not in everything
     assert registry.stats.rejections == {"ticket": 3}
     await closed(connection, registry)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import signal
 import socket
@@ -37,10 +38,18 @@ class Feed(tornws.WebSocketHandler):
             self.registry.join(room, self)
 
 
+class Stalled(tornws.WebSocketHandler):
+    """A coroutine ``on_message`` that never finishes."""
+
+    async def on_message(self, message: str | bytes) -> None:
+        await asyncio.Event().wait()
+
+
 @pytest.fixture
 def app(registry: tornws.Registry) -> Any:
     return tornado.web.Application(
         [
+            (r"/stalled", Stalled, {"registry": registry}),
             (r"/feed", Feed, {"registry": registry}),
             (r"/feed-drop", Feed, {"registry": registry, "slow_consumer": "drop"}),
             (r"/feed-small", Feed, {"registry": registry, "max_outgoing": 64 * 1024}),
@@ -329,3 +338,30 @@ class TestRateAndIdle:
         assert 0.45 < time.monotonic() - started < 2
         assert talking.close_code is None
         assert registry.stats.idle_closes == 1
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_stalled_coroutine_on_message_stops_reading(
+    registry: tornws.Registry, http_server: Any, http_port: int
+) -> None:
+    """Inbound flow control: while ``on_message`` has not finished, the server reads
+    nothing more, so a client's flood stays in the kernel's buffers and then blocks,
+    instead of piling up in the server's memory."""
+    sock = await stuck_client(http_port, "/stalled")
+    frame = b"\x82\xfe\xff\xff" + b"\x00" * 4 + b"s" * 65535  # masked binary, 64 KiB
+    accepted = 0
+    for _ in range(1024):  # up to 64 MiB
+        try:
+            accepted += sock.send(frame)
+        except BlockingIOError:
+            break
+        await asyncio.sleep(0)  # let the server run
+    await asyncio.sleep(0.2)
+    with contextlib.suppress(BlockingIOError):
+        accepted += sock.send(frame)
+    assert accepted < 16 * 1024 * 1024, accepted  # kernel buffers only, not 64 MiB
+    (handler,) = registry.connections
+    assert handler.ws_connection.messages_in == 1  # the first message, still being handled
+    # Not reading, it would notice the client leaving only by keepalive: cut it.
+    handler.abort()
+    await wait_for(lambda: not registry.connections)
