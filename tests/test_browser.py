@@ -195,6 +195,10 @@ def test_page_reconnects_after_a_server_restart(context: Any) -> None:
     try:
         expect(page.locator("#status")).to_have_text("connected", timeout=20_000)
         expect(page.locator("#text")).to_be_enabled()
+        # A new process has a new history: the page asked to resume, and is told it cannot.
+        notices = page.locator("#messages li.notice span")
+        expect(notices.last).to_have_text("you joined as ann")
+        expect(notices.nth(-2)).to_have_text("messages sent while you were away may be missing")
         bob = open_chat(context, second, "restart", "bob")
         expect(page.locator("#members li")).to_have_text(["ann", "bob"])
         say(bob, "welcome back")
@@ -203,6 +207,31 @@ def test_page_reconnects_after_a_server_restart(context: Any) -> None:
         second.stop()
     # While the server was away the browser logged failed connection attempts; nothing else.
     assert all("WebSocket connection" in error for error in context.errors), context.errors
+
+
+def test_page_resumes_after_a_lost_connection(context: Any, server: Server) -> None:
+    """The page's connection drops; meanwhile bob writes; on reconnecting the page asks for
+    what it missed (since=) and shows it, once, in order."""
+    ann = open_chat(context, server, "away", "ann")
+    bob = open_chat(context, server, "away", "bob")
+    say(ann, "before")
+    expect(lines(bob).locator(".text")).to_have_text(["before"])
+    # Drop ann's connection, with a reconnect delay long enough for bob to talk meanwhile.
+    ann.evaluate("window.tornwsChat.minDelay = 4000; window.tornwsChat.socket.close()")
+    expect(ann.locator("#status")).to_have_attribute("data-status", "reconnecting")
+    say(bob, "while you were away")
+    say(bob, "and again")
+    expect(ann.locator("#status")).to_have_text("connected", timeout=15_000)
+    expect(lines(ann).locator(".text")).to_have_text(["before", "while you were away", "and again"])
+    notices = ann.locator("#messages li.notice span")
+    expect(notices.last).to_have_text("you joined as ann")
+    expect(notices.nth(-2)).to_have_text("3 missed while away")  # own leave + 2 lines
+    expect(ann.locator("#members li")).to_have_text(["ann", "bob"])
+    say(bob, "live")
+    expect(lines(ann).locator(".text")).to_have_text(
+        ["before", "while you were away", "and again", "live"]
+    )
+    assert context.errors == []
 
 
 def test_page_is_usable_on_a_narrow_screen(context: Any, server: Server, tmp_path: Path) -> None:

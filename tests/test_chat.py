@@ -12,7 +12,9 @@ from tornws.frames import Message
 
 
 def envelope(kind: str, nick: str = "ann", text: str = "", offset: int = 3) -> Envelope:
-    return Envelope("lobby", offset, chat.ChatEvent(kind, nick, text, time=1700000000.12345))
+    return Envelope(
+        "lobby", offset, chat.ChatEvent(kind, nick, text, time=1700000000.12345), epoch="e1"
+    )
 
 
 def test_text_codec_renders_lines_and_notices() -> None:
@@ -29,13 +31,21 @@ def test_json_codec_events_carry_room_id_time_and_sender() -> None:
     assert body == {
         "type": "message",
         "room": "lobby",
+        "epoch": "e1",
         "id": 3,
         "time": 1700000000.123,
         "sender": "ann",
         "text": "hé",
     }
     join = json.loads(chat.JSON.encode(envelope("join")).data)  # type: ignore[union-attr]
-    assert join == {"type": "join", "room": "lobby", "id": 3, "time": 1700000000.123, "nick": "ann"}
+    assert join == {
+        "type": "join",
+        "room": "lobby",
+        "epoch": "e1",
+        "id": 3,
+        "time": 1700000000.123,
+        "nick": "ann",
+    }
 
 
 @pytest.mark.parametrize(

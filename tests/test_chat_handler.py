@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -220,3 +221,64 @@ async def test_text_binary_closes_1003(ws_url: str, ws_connect: Any) -> None:
     assert bad.close_code == CloseCode.UNSUPPORTED_DATA
     assert bad.close_reason == "the chat takes text messages only"
     assert await recv(good) == "* bad left"
+
+
+@pytest.mark.gen_test
+async def test_reconnect_with_since_gets_exactly_what_was_missed(
+    ws_url: str, ws_connect: Any
+) -> None:
+    """A chat.json client that comes back with since=<epoch>:<id> first gets the events
+    it missed, in order, then ``resumed``, then live events."""
+    bob = await json_user(ws_connect, ws_url, "bob", "res")
+    ann = await json_user(ws_connect, ws_url, "ann", "res")
+    await recv_json(bob)  # ann's join
+    await ann.write_message('{"type": "message", "text": "before"}')
+    last = await recv_json(ann)  # the echo: what ann saw last
+    await recv_json(bob)
+    ann.close()
+    assert (await recv_json(bob))["type"] == "leave"
+    for i in range(3):
+        await bob.write_message(json.dumps({"type": "message", "text": f"missed {i}"}))
+        await recv_json(bob)
+
+    url = f"{ws_url}/chat/res?nick=ann&since={last['epoch']}:{last['id']}"
+    back = await ws_connect(url, subprotocols=["chat.json"])
+    assert (await recv_json(back))["type"] == "presence"
+    replayed = [await recv_json(back) for _ in range(4)]
+    assert [(e["type"], e.get("text"), e["id"]) for e in replayed] == [
+        ("leave", None, last["id"] + 1),
+        ("message", "missed 0", last["id"] + 2),
+        ("message", "missed 1", last["id"] + 3),
+        ("message", "missed 2", last["id"] + 4),
+    ]
+    assert await recv_json(back) == {
+        "type": "resumed",
+        "room": "res",
+        "recovered": True,
+        "count": 4,
+    }
+    join = await recv_json(back)
+    assert (join["type"], join["nick"], join["id"]) == ("join", "ann", last["id"] + 5)
+    await bob.write_message('{"type": "message", "text": "live"}')
+    assert (await recv_json(back))["text"] == "live"
+
+
+@pytest.mark.gen_test
+async def test_since_that_cannot_be_recovered_says_so(ws_url: str, ws_connect: Any) -> None:
+    await json_user(ws_connect, ws_url, "bob", "gone")
+    for since in ("00000000:1", "ffffffff:0"):
+        url = f"{ws_url}/chat/gone?nick=ann&since={since}"
+        back = await ws_connect(url, subprotocols=["chat.json"])
+        assert (await recv_json(back))["type"] == "presence"
+        assert await recv_json(back) == {
+            "type": "resumed",
+            "room": "gone",
+            "recovered": False,
+            "count": 0,
+        }
+        assert (await recv_json(back))["type"] == "join"  # then live, as a new client
+    with pytest.raises(tornado.httpclient.HTTPClientError) as info:
+        await ws_connect(f"{ws_url}/chat/gone?since=nonsense", subprotocols=["chat.json"])
+    assert info.value.code == 400
+    assert info.value.response is not None
+    assert b"expected <epoch>:<id>" in info.value.response.body

@@ -145,6 +145,7 @@ async def test_parity_json_chat(url: str, ws_connect: Any) -> None:
     await term.write_message("from terminal")
     event = await recv_json(web)
     assert isinstance(event.pop("time"), float)
+    assert event.pop("epoch") == join["epoch"] and len(join["epoch"]) == 8
     assert event == {
         "type": "message",
         "room": "pj",

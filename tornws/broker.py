@@ -16,17 +16,53 @@ Contract for a broker:
 - :meth:`Broker.subscribe` is called when a room gets its first local member and
   :meth:`Broker.unsubscribe` when it loses its last: a broker only needs to
   deliver rooms that are subscribed.
+- Every envelope carries its room's ``epoch`` and ``offset``. While a room keeps
+  its history, the epoch stays and offsets grow by one per message; when the
+  history is lost (the broker restarted, or the room stayed empty longer than
+  the history lasts), the room gets a new epoch and offsets start again at 1.
+- :meth:`Broker.since` returns exactly the envelopes after a position, or
+  ``None`` when it cannot: never part of them.
 """
 
 from __future__ import annotations
 
 import abc
 import collections
+import dataclasses
+import os
+import time
 from typing import Callable, Protocol
 
 from .frames import Message
 
-__all__ = ["Broker", "Codec", "Envelope", "MemoryBroker"]
+__all__ = [
+    "DEFAULT_HISTORY",
+    "DEFAULT_HISTORY_AGE",
+    "DEFAULT_HISTORY_BYTES",
+    "Broker",
+    "Codec",
+    "Envelope",
+    "MemoryBroker",
+]
+
+#: Messages a room keeps for clients that reconnect.
+DEFAULT_HISTORY = 1000
+#: Seconds a message is kept for them (also: how long an empty room keeps its history).
+DEFAULT_HISTORY_AGE = 300.0
+#: Bytes of messages a room keeps for them (an estimate: texts and payloads).
+DEFAULT_HISTORY_BYTES = 256 * 1024
+
+
+def _size(payload: object) -> int:
+    """Roughly what keeping ``payload`` costs: its texts and bytes, plus a fixed part."""
+    if isinstance(payload, Message):
+        return 96 + len(payload.payload)
+    if isinstance(payload, (str, bytes)):
+        return 64 + len(payload)
+    if dataclasses.is_dataclass(payload):
+        values = [getattr(payload, field.name) for field in dataclasses.fields(payload)]
+        return 96 + sum(len(v) for v in values if isinstance(v, (str, bytes)))
+    return 128
 
 
 class Codec(Protocol):
@@ -41,17 +77,19 @@ class Envelope:
 
     Attributes:
         room: the room it was published to.
-        offset: its position in the room: 1 for the room's first message, then
-            increasing by one.
+        offset: its position in the room: 1 for the first message of the room's
+            epoch, then increasing by one.
         payload: what the publisher passed to ``publish``.
+        epoch: the room's epoch (see the module docstring).
     """
 
-    __slots__ = ("_encoded", "offset", "payload", "room")
+    __slots__ = ("_encoded", "epoch", "offset", "payload", "room")
 
-    def __init__(self, room: str, offset: int, payload: object) -> None:
+    def __init__(self, room: str, offset: int, payload: object, epoch: str = "") -> None:
         self.room = room
         self.offset = offset
         self.payload = payload
+        self.epoch = epoch
         self._encoded: dict[Codec, Message | None] = {}
 
     def encode(self, codec: Codec) -> Message | None:
@@ -68,7 +106,10 @@ class Envelope:
             return message
 
     def __repr__(self) -> str:
-        return f"<Envelope room={self.room!r} offset={self.offset} payload={self.payload!r}>"
+        return (
+            f"<Envelope room={self.room!r} epoch={self.epoch!r} offset={self.offset} "
+            f"payload={self.payload!r}>"
+        )
 
 
 Deliver = Callable[[Envelope], object]
@@ -90,14 +131,21 @@ class Broker(abc.ABC):
         self._deliver = deliver
 
     @abc.abstractmethod
-    def publish(self, room: str, payload: object) -> None:
-        """Publish ``payload`` to every member of ``room``, in every process."""
+    def publish(self, room: str, payload: object, *, keep: bool = True) -> None:
+        """Publish ``payload`` to every member of ``room``, in every process; with
+        ``keep``, also into the room's history (for :meth:`since`)."""
 
     def subscribe(self, room: str) -> None:  # noqa: B027 - optional hook
         """Called when ``room`` gets its first local member."""
 
     def unsubscribe(self, room: str) -> None:  # noqa: B027 - optional hook
         """Called when ``room`` loses its last local member."""
+
+    def since(self, room: str, epoch: str, offset: int) -> list[Envelope] | None:
+        """The envelopes of ``room`` after ``offset`` in ``epoch``, in order; ``None``
+        when the broker cannot tell them all (another epoch, or some were dropped).
+        The base class keeps no history: ``None``."""
+        return None
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect to whatever carries the messages; the memory broker needs nothing."""
@@ -106,44 +154,132 @@ class Broker(abc.ABC):
         """Release connections and tasks."""
 
 
+class _Room:
+    __slots__ = ("emptied_at", "epoch", "history", "offset", "size", "subscribed")
+
+    def __init__(self) -> None:
+        self.epoch = os.urandom(4).hex()
+        self.offset = 0
+        #: (when, size, envelope), oldest first.
+        self.history: collections.deque[tuple[float, int, Envelope]] = collections.deque()
+        self.size = 0
+        self.subscribed = False
+        self.emptied_at = 0.0
+
+    def keep(self, when: float, envelope: Envelope, count: int, size: int) -> None:
+        cost = _size(envelope.payload)
+        history = self.history
+        history.append((when, cost, envelope))
+        self.size += cost
+        while len(history) > count or self.size > size:
+            self.size -= history.popleft()[1]
+
+    def forget_before(self, horizon: float) -> None:
+        history = self.history
+        while history and history[0][0] <= horizon:
+            self.size -= history.popleft()[1]
+
+
 class MemoryBroker(Broker):
     """The in-process broker: publish delivers at once, to this process only.
 
     Delivery is never re-entered: a message published while another is being
     delivered (by a member reacting to it) is queued and delivered right after,
-    so every member sees the same order. Offsets count from 1 while a room has
-    members; a room that empties forgets its offset.
+    so every member sees the same order.
+
+    Each room keeps its last ``history`` messages, at most ``history_bytes`` of
+    them, for ``history_age`` seconds, for :meth:`since`; a room that stays
+    empty that long is forgotten, and comes back with a new epoch.
+    ``history=0`` keeps nothing (every room then gets a new epoch whenever it
+    empties); ``publish(..., keep=False)`` keeps that message out, which also
+    ends what could be resumed before it.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        history: int = DEFAULT_HISTORY,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
+        history_age: float = DEFAULT_HISTORY_AGE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
-        self._offsets: dict[str, int] = {}
-        self._queue: collections.deque[tuple[str, object]] = collections.deque()
+        self.history = history
+        self.history_bytes = history_bytes
+        self.history_age = history_age
+        self._clock = clock
+        self._rooms: dict[str, _Room] = {}
+        self._empty: dict[str, float] = {}  # empty rooms -> when they emptied, oldest first
+        self._queue: collections.deque[tuple[str, object, bool]] = collections.deque()
         self._delivering = False
 
     def subscribe(self, room: str) -> None:
-        self._offsets.setdefault(room, 0)
+        self._forget_expired()
+        state = self._rooms.get(room)
+        if state is None:
+            state = self._rooms[room] = _Room()
+        state.subscribed = True
+        self._empty.pop(room, None)
 
     def unsubscribe(self, room: str) -> None:
-        self._offsets.pop(room, None)
+        state = self._rooms.get(room)
+        if state is None:
+            return
+        state.subscribed = False
+        if self.history and state.history:
+            state.emptied_at = self._clock()
+            self._empty[room] = state.emptied_at
+        else:
+            del self._rooms[room]
+        self._forget_expired()
 
-    def publish(self, room: str, payload: object) -> None:
-        if room not in self._offsets:
+    def _forget_expired(self) -> None:
+        if not self._empty:
+            return
+        horizon = self._clock() - self.history_age
+        for room, emptied_at in list(self._empty.items()):
+            if emptied_at > horizon:
+                break
+            del self._empty[room]
+            del self._rooms[room]
+
+    def publish(self, room: str, payload: object, *, keep: bool = True) -> None:
+        state = self._rooms.get(room)
+        if state is None or not state.subscribed:
             return  # nobody in this process is in the room: nothing to deliver
-        self._queue.append((room, payload))
+        self._queue.append((room, payload, keep))
         if self._delivering:
             return
         deliver = self._deliver
         if deliver is None:
             raise RuntimeError("MemoryBroker.publish() before attach(): pass it to a Registry")
         self._delivering = True
+        count = self.history
         try:
             while self._queue:
-                room, payload = self._queue.popleft()
-                offset = self._offsets.get(room)
-                if offset is None:
+                room, payload, keep = self._queue.popleft()
+                state = self._rooms.get(room)
+                if state is None or not state.subscribed:
                     continue  # the room emptied meanwhile
-                self._offsets[room] = offset = offset + 1
-                deliver(Envelope(room, offset, payload))
+                state.offset += 1
+                envelope = Envelope(room, state.offset, payload, state.epoch)
+                if keep and count:
+                    state.keep(self._clock(), envelope, count, self.history_bytes)
+                elif state.history:
+                    state.history.clear()  # a gap: nothing before it can be resumed
+                    state.size = 0
+                deliver(envelope)
         finally:
             self._delivering = False
+
+    def since(self, room: str, epoch: str, offset: int) -> list[Envelope] | None:
+        state = self._rooms.get(room)
+        if state is None or state.epoch != epoch or not 0 <= offset <= state.offset:
+            return None
+        state.forget_before(self._clock() - self.history_age)
+        if offset == state.offset:
+            return []
+        history = state.history
+        if not history or history[0][2].offset > offset + 1:
+            return None  # some of the missed messages are gone
+        return [envelope for _, _, envelope in history if envelope.offset > offset]

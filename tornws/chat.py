@@ -31,7 +31,9 @@ __all__ = [
     "JsonCodec",
     "TextCodec",
     "error_event",
+    "parse_since",
     "presence_event",
+    "resumed_event",
     "validate_nick",
 ]
 
@@ -126,6 +128,7 @@ class JsonCodec:
         body: dict[str, Any] = {
             "type": event.type,
             "room": envelope.room,
+            "epoch": envelope.epoch,
             "id": envelope.offset,
             "time": round(event.time, 3),
         }
@@ -183,6 +186,26 @@ def _dumps(body: dict[str, Any]) -> str:
 def presence_event(room: str, nicks: list[str]) -> Message:
     """The ``presence`` event: who is in the room now (sent to one client)."""
     return Message(_dumps({"type": "presence", "room": room, "members": sorted(nicks)}))
+
+
+def resumed_event(room: str, recovered: bool, count: int) -> Message:
+    """The ``resumed`` event: the answer to ``since=`` (sent to one client, after
+    the ``count`` replayed events when ``recovered``)."""
+    return Message(
+        _dumps({"type": "resumed", "room": room, "recovered": recovered, "count": count})
+    )
+
+
+def parse_since(value: str) -> tuple[str, int]:
+    """``"<epoch>:<id>"`` → ``(epoch, id)``.
+
+    Raises:
+        ValueError: with a message that says the expected form.
+    """
+    epoch, sep, offset = value.rpartition(":")
+    if not sep or not epoch or not offset.isdigit() or len(value) > 64:
+        raise ValueError(f"invalid since {value!r}: expected <epoch>:<id>, e.g. since=3fa2b1c0:42")
+    return epoch, int(offset)
 
 
 def error_event(code: str, detail: str) -> Message:

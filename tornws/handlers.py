@@ -510,7 +510,7 @@ class BroadcastHandler(WebSocketHandler):
         self.registry.join(self.room, self)
 
     def on_message(self, message: str | bytes) -> None:
-        self.registry.publish(self.room, Message(message))
+        self.registry.publish(self.room, Message(message), keep=False)  # nobody resumes it
 
 
 class ChatHandler(WebSocketHandler):
@@ -523,6 +523,11 @@ class ChatHandler(WebSocketHandler):
 
     ``room_authorizer``: a function ``(current_user, room) -> bool``; ``False``
     refuses the upgrade with HTTP 403 (``not allowed in room <room>``).
+
+    A ``chat.json`` client that reconnects with ``since=<epoch>:<id>`` (the last
+    event it saw) first gets the events it missed, then a ``resumed`` event; or,
+    when the room's history cannot tell them all, only ``resumed`` with
+    ``recovered: false``.
 
     Bad input never costs the connection in ``chat.json``: invalid JSON, an
     unknown type or a binary message get an ``error`` event. A binary message
@@ -548,6 +553,7 @@ class ChatHandler(WebSocketHandler):
         self.room_authorizer = room_authorizer
         self.room = ""
         self.nick = ""
+        self.since: tuple[str, int] | None = None
 
     def before_upgrade(self, room: str | None = None) -> None:
         """Choose the nick (400 if invalid) and check the room (403 if not allowed)."""
@@ -559,6 +565,12 @@ class ChatHandler(WebSocketHandler):
             except ValueError as exc:
                 raise HandshakeError(400, str(exc), kind="nick") from None
         self.nick = nick
+        since = self.get_query_argument("since", "")
+        if since:
+            try:
+                self.since = chat.parse_since(since)
+            except ValueError as exc:
+                raise HandshakeError(400, str(exc), kind="since") from None
         room = room or self.default_room
         if self.room_authorizer is not None and not self.room_authorizer(user, room):
             raise HandshakeError(403, f"not allowed in room {room}", kind="room")
@@ -571,6 +583,8 @@ class ChatHandler(WebSocketHandler):
         self.registry.join(self.room, self)
         if self.codec is chat.JSON:
             self.send(chat.presence_event(self.room, self.nicks()))
+            if self.since is not None:
+                self.replay(*self.since)
         else:
             others = ", ".join(sorted(self.nicks()))
             self.send(Message(f"* you are {self.nick} in {self.room}; here: {others}"))
@@ -601,6 +615,18 @@ class ChatHandler(WebSocketHandler):
     def on_close(self) -> None:
         if self.room and self.registry.leave(self.room, self):
             self.publish("leave")
+
+    def replay(self, epoch: str, offset: int) -> None:
+        """Send the room's events after ``epoch:offset``, then ``resumed``."""
+        missed = self.registry.broker.since(self.room, epoch, offset)
+        if missed is None:
+            self.send(chat.resumed_event(self.room, False, 0))
+            return
+        for envelope in missed:
+            message = envelope.encode(self.codec)
+            if message is not None:
+                self.send(message)
+        self.send(chat.resumed_event(self.room, True, len(missed)))
 
     def publish(self, kind: str, text: str = "") -> None:
         """Publish a chat event of this connection to its room."""

@@ -145,9 +145,16 @@ class Registry:
 
     # Messages
 
-    def publish(self, room: str, payload: object) -> None:
-        """Send ``payload`` to every member of ``room``, in every process the broker reaches."""
-        self.broker.publish(room, payload)
+    def publish(self, room: str, payload: object, *, keep: bool = True) -> None:
+        """Send ``payload`` to every member of ``room``, in every process the broker reaches.
+
+        ``keep=False``: not into the room's history (nobody resumes this room, or
+        the payload is too big to keep).
+        """
+        if keep:
+            self.broker.publish(room, payload)  # (brokers written before ``keep`` work too)
+        else:
+            self.broker.publish(room, payload, keep=False)
 
     def deliver(self, envelope: Envelope) -> int:
         """Hand ``envelope`` to each local member of its room; return how many took it.

@@ -20,6 +20,7 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import re
 import signal
 import time
@@ -49,6 +50,8 @@ guests = itertools.count(1)
 class Room:
     members: dict[ServerConnection, Member] = field(default_factory=dict)
     last_id: int = 0
+    # A new room (this version forgets a room when it empties) is a new epoch.
+    epoch: str = field(default_factory=lambda: os.urandom(4).hex())
 
 
 @dataclass
@@ -142,6 +145,7 @@ def publish(room_name: str, kind: str, sender: ServerConnection, nick: str, text
     event: dict[str, object] = {
         "type": kind,
         "room": room_name,
+        "epoch": room.epoch,
         "id": room.last_id,
         "time": round(time.time(), 3),
     }

@@ -70,6 +70,10 @@ function join(nick, room) {
     show(d.self ? "message own" : "message", [["nick", d.sender], ["text", d.text]], d.time);
   });
   client.addEventListener("error", (e) => show("notice error", [["", e.detail.detail]]));
+  client.addEventListener("resumed", (e) => {
+    if (!e.detail.recovered) show("notice", [["", "messages sent while you were away may be missing"]]);
+    else if (e.detail.count) show("notice", [["", `${e.detail.count} missed while away`]]);
+  });
   $("join").hidden = true;
   $("chat").hidden = false;
   $("leave").hidden = false;
@@ -78,6 +82,7 @@ function join(nick, room) {
   const query = new URLSearchParams({ room });
   if (nick && !signedIn) query.set("nick", nick);
   history.replaceState(null, "", `?${query}`);
+  window.tornwsChat = client; // for your browser's console
   client.connect();
 }
 

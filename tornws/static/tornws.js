@@ -12,11 +12,15 @@
 //   status    {status, code, reason, delay}: "connecting", "open", "reconnecting" (after a lost
 //             connection; `delay` ms until the next attempt), "closed" (after close()).
 //   join, leave, message   the server's events as they arrive; `self` is true on your own join
-//             and on messages sent under your nick.
+//             and on messages sent under your nick; `replayed` is true on the events missed
+//             while disconnected, sent again on reconnecting.
 //   presence  {members}: who is in the room, sorted (nicks are not unique: a nick present twice
 //             is listed twice). Sent when connected and whenever someone joins or leaves.
+//   resumed   {recovered, count} after a reconnect: `count` missed events were replayed, or
+//             (recovered false) the server could not tell them all and replayed none.
 //   error     the server's error event {code, detail}; the connection stays open.
-// The connection is retried for ever with exponential backoff and jitter until close().
+// The connection is retried for ever with exponential backoff and jitter until close(); each
+// reconnect asks for the events missed since the last one seen (since=<epoch>:<id>).
 
 export const PROTOCOL = "chat.json";
 export const NICK_RE = /^[^\s\x00-\x1f\x7f]{1,32}$/u;
@@ -36,7 +40,7 @@ export class ChatClient extends EventTarget {
     if (target.protocol === "http:") target.protocol = "ws:";
     if (target.protocol === "https:") target.protocol = "wss:";
     if (nick) target.searchParams.set("nick", nick);
-    this.url = target.href;
+    this.url = target;
     this.minDelay = minDelay;
     this.maxDelay = maxDelay;
     /** The nick the server gave this connection (known once its own join arrives). */
@@ -48,6 +52,10 @@ export class ChatClient extends EventTarget {
     this._attempt = 0;
     this._timer = null;
     this._ownJoinPending = false;
+    this._replaying = false;
+    /** The last event seen: where a reconnect resumes from. */
+    this.epoch = "";
+    this.lastId = 0;
   }
 
   /** Who is in the room now, sorted, one entry per connection. */
@@ -63,7 +71,10 @@ export class ChatClient extends EventTarget {
     if (this.socket || this.status === "open") return;
     clearTimeout(this._timer);
     this._setStatus(this._attempt ? "reconnecting" : "connecting");
-    const socket = new WebSocket(this.url, [PROTOCOL]);
+    const url = new URL(this.url.href);
+    const resuming = Boolean(this.epoch);
+    if (resuming) url.searchParams.set("since", `${this.epoch}:${this.lastId}`);
+    const socket = new WebSocket(url.href, [PROTOCOL]);
     this.socket = socket;
     socket.onopen = () => {
       if (socket.protocol !== PROTOCOL) {
@@ -72,6 +83,7 @@ export class ChatClient extends EventTarget {
       }
       this._attempt = 0;
       this._ownJoinPending = true;
+      this._replaying = resuming;
       this._setStatus("open");
     };
     socket.onmessage = (message) => this._receive(message.data);
@@ -130,7 +142,22 @@ export class ChatClient extends EventTarget {
     } catch {
       return;
     }
+    if (event.id !== undefined) {
+      this.epoch = event.epoch;
+      this.lastId = event.id;
+    }
+    if (this._replaying && event.type !== "resumed" && event.type !== "presence") {
+      // Missed while away: shown, but the presence sent on connecting is already current.
+      event.replayed = true;
+      event.self = event.type === "message" && event.sender === this.nick;
+      this._emit(event.type, event);
+      return;
+    }
     switch (event.type) {
+      case "resumed":
+        this._replaying = false;
+        this._emit("resumed", event);
+        break;
       case "presence":
         this._members = new Map();
         for (const nick of event.members) this._count(nick, 1);
