@@ -26,6 +26,7 @@ PUBLIC_MODULES = [
     "tornws.handlers",
     "tornws.metrics",
     "tornws.page",
+    "tornws.redis_broker",
     "tornws.registry",
     "tornws.server",
     "tornws.stats",

@@ -31,6 +31,7 @@ import collections
 import dataclasses
 import os
 import time
+from collections.abc import Awaitable
 from typing import Callable, Protocol
 
 from .frames import Message
@@ -145,6 +146,15 @@ class Broker(abc.ABC):
         """The envelopes of ``room`` after ``offset`` in ``epoch``, in order; ``None``
         when the broker cannot tell them all (another epoch, or some were dropped).
         The base class keeps no history: ``None``."""
+        return None
+
+    async def recover(self, room: str, epoch: str, offset: int) -> list[Envelope] | None:
+        """:meth:`since` for brokers whose history is elsewhere (awaitable)."""
+        return self.since(room, epoch, offset)
+
+    def ready(self, room: str) -> Awaitable[None] | None:
+        """After :meth:`subscribe`: an awaitable done once the room's messages are
+        delivered here, or ``None`` when they already are (the memory broker)."""
         return None
 
     async def start(self) -> None:  # noqa: B027 - optional hook

@@ -137,6 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="open connections per client address (default: no limit)",
     )
+    serve.add_argument(
+        "--broker",
+        metavar="URL",
+        help="carry rooms between processes through Redis, e.g. redis://127.0.0.1:6379/0 "
+        "(needs tornws[redis])",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N processes sharing the port (needs --broker: rooms span them)",
+    )
     serve.add_argument("--certfile", help="serve wss:// and https:// with this certificate chain")
     serve.add_argument("--keyfile", help="the certificate's private key (if not in --certfile)")
     serve.add_argument(
@@ -253,10 +266,21 @@ def _bench(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .app import make_app
     from .frames import CloseCode
-    from .server import serve, ssl_context
+    from .server import run_workers, serve, ssl_context
 
+    if args.workers < 1:
+        raise ConfigError("--workers must be 1 or more")
+    if args.workers > 1 and not args.broker:
+        raise ConfigError(
+            "--workers needs --broker redis://…: without a broker each process would have "
+            "rooms of its own, and clients in one room would not see each other"
+        )
+    if args.workers > 1 and args.port == 0:
+        raise ConfigError("--workers needs a fixed --port (the workers share it)")
+    who = " [%(process)d]" if args.workers > 1 else ""
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level.upper(),
+        format="%(asctime)s%(who)s %(levelname)s %(name)s: %(message)s".replace("%(who)s", who),
     )
     if not args.access_log:
         logging.getLogger("tornado.access").setLevel(logging.WARNING)
@@ -270,7 +294,7 @@ def _serve(args: argparse.Namespace) -> int:
             options["max_outgoing"] = args.max_outgoing
         if args.compress:
             options["compression"] = {}
-        app = make_app(handler_options=options)
+        app = make_app(registry=_registry(args.broker), handler_options=options)
     if args.max_connections is not None:
         app.settings["tornws_max_connections"] = args.max_connections
     if args.max_connections_per_ip is not None:
@@ -284,23 +308,54 @@ def _serve(args: argparse.Namespace) -> int:
     elif args.keyfile:
         raise ConfigError("--keyfile needs --certfile")
     close_code = CloseCode.SERVICE_RESTART if args.restart else CloseCode.GOING_AWAY
-    try:
-        asyncio.run(
-            serve(
-                app,
-                args.host,
-                args.port,
-                close_code=close_code,
-                drain_window=args.drain_window,
-                shutdown_timeout=args.drain_timeout,
-                **server_options,
+
+    def run() -> int:
+        try:
+            asyncio.run(
+                serve(
+                    app,
+                    args.host,
+                    args.port,
+                    close_code=close_code,
+                    drain_window=args.drain_window,
+                    shutdown_timeout=args.drain_timeout,
+                    reuse_port=args.workers > 1,
+                    **server_options,
+                )
             )
-        )
-    except OSError as exc:  # address in use, permission denied
-        raise ConfigError(
-            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
-        ) from None
-    return 0
+        except OSError as exc:  # address in use, permission denied
+            raise ConfigError(
+                f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+            ) from None
+        return 0
+
+    if args.workers == 1:
+        return run()
+
+    def worker() -> int:
+        try:
+            return run()
+        except ConfigError as exc:
+            print(f"tornws serve: {exc}", file=sys.stderr)
+            return 2
+
+    return run_workers(args.workers, worker)
+
+
+def _registry(broker: str | None) -> Any:
+    from .registry import Registry
+
+    if not broker:
+        return None
+    if not broker.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"--broker {broker}: expected a redis:// URL")
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        raise ConfigError("--broker needs redis-py: pip install 'tornws[redis]'") from None
+    from .redis_broker import RedisBroker
+
+    return Registry(RedisBroker(broker))
 
 
 def _client(args: argparse.Namespace) -> int:

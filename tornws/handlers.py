@@ -50,7 +50,7 @@ import logging
 import os
 import time
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any, Callable, ClassVar
 
 import tornado.web
@@ -554,6 +554,10 @@ class ChatHandler(WebSocketHandler):
         self.room = ""
         self.nick = ""
         self.since: tuple[str, int] | None = None
+        # While the greeting is not sent (a broker that needs time): deliveries wait here.
+        self._waiting: list[Envelope] | None = None
+        # After a resume: events up to this (epoch, offset) were seen already.
+        self._seen: tuple[str, int] | None = None
 
     def before_upgrade(self, room: str | None = None) -> None:
         """Choose the nick (400 if invalid) and check the room (403 if not allowed)."""
@@ -575,19 +579,43 @@ class ChatHandler(WebSocketHandler):
         if self.room_authorizer is not None and not self.room_authorizer(user, room):
             raise HandshakeError(403, f"not allowed in room {room}", kind="room")
 
-    def open(self, room: str | None = None) -> None:
+    def open(self, room: str | None = None) -> Awaitable[None] | None:
         self.room = room or self.default_room
         if not self.nick:
             self.nick = self.registry.next_guest_name()
         self.codec = chat.JSON if self.selected_subprotocol == "chat.json" else chat.TEXT
+        if self.codec is not chat.JSON:
+            self.since = None  # plain text does not resume
         self.registry.join(self.room, self)
+        ready = self.registry.broker.ready(self.room)
+        if ready is None and self.since is None:
+            self._greet(None)
+            return None
+        self._waiting = []
+        return self._greet_when_ready(ready)
+
+    async def _greet_when_ready(self, ready: Awaitable[None] | None) -> None:
+        if ready is not None:
+            await ready
+        missed = None
+        if self.since is not None:
+            missed = await self.registry.broker.recover(self.room, *self.since)
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return
+        self._greet(missed)
+
+    def _greet(self, missed: list[Envelope] | None) -> None:
+        """Presence (or the plain-text welcome), what was missed, then our own join."""
         if self.codec is chat.JSON:
             self.send(chat.presence_event(self.room, self.nicks()))
             if self.since is not None:
-                self.replay(*self.since)
+                self._replay(missed)
         else:
             others = ", ".join(sorted(self.nicks()))
             self.send(Message(f"* you are {self.nick} in {self.room}; here: {others}"))
+        waiting, self._waiting = self._waiting, None
+        for envelope in waiting or ():
+            self.deliver(envelope)
         self.publish("join")
 
     def on_message(self, message: str | bytes) -> None:
@@ -616,9 +644,9 @@ class ChatHandler(WebSocketHandler):
         if self.room and self.registry.leave(self.room, self):
             self.publish("leave")
 
-    def replay(self, epoch: str, offset: int) -> None:
-        """Send the room's events after ``epoch:offset``, then ``resumed``."""
-        missed = self.registry.broker.since(self.room, epoch, offset)
+    def _replay(self, missed: list[Envelope] | None) -> None:
+        """Send what was missed since :attr:`since`, then ``resumed``."""
+        assert self.since is not None
         if missed is None:
             self.send(chat.resumed_event(self.room, False, 0))
             return
@@ -626,6 +654,8 @@ class ChatHandler(WebSocketHandler):
             message = envelope.encode(self.codec)
             if message is not None:
                 self.send(message)
+        epoch, offset = self.since
+        self._seen = (epoch, max([offset, *(e.offset for e in missed)]))
         self.send(chat.resumed_event(self.room, True, len(missed)))
 
     def publish(self, kind: str, text: str = "") -> None:
@@ -638,6 +668,14 @@ class ChatHandler(WebSocketHandler):
         return [m.nick for m in self.registry.members(self.room) if isinstance(m, ChatHandler)]
 
     def deliver(self, envelope: Envelope) -> None:
+        if self._waiting is not None:
+            self._waiting.append(envelope)
+            return
+        if self._seen is not None:
+            epoch, offset = self._seen
+            if envelope.epoch == epoch and 0 < envelope.offset <= offset:
+                return  # replayed already
+            self._seen = None
         event = envelope.payload
         if (
             not self.codec.echo_own

@@ -10,11 +10,14 @@ over a window, so that reconnecting clients do not all arrive at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import random
 import signal
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import tornado.httpserver
@@ -24,7 +27,7 @@ import tornado.web
 from .frames import CloseCode
 from .registry import Registry
 
-__all__ = ["drain", "serve", "ssl_context"]
+__all__ = ["drain", "run_workers", "serve", "ssl_context"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,7 @@ async def serve(
     drain_window: float = DEFAULT_DRAIN_WINDOW,
     shutdown_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     stop: asyncio.Event | None = None,
+    reuse_port: bool = False,
     **server_options: Any,
 ) -> None:
     """Serve ``application`` on ``host:port`` until SIGINT, SIGTERM or ``stop`` is set.
@@ -123,12 +127,14 @@ async def serve(
     Args:
         port: ``0`` picks a free port; the log line ``listening on ...`` names it.
         close_code: 1001 (going away) or 1012 (service restart: come back soon).
+        reuse_port: bind with ``SO_REUSEPORT``, so that several processes
+            share the port and the kernel spreads connections among them.
         **server_options: passed to ``tornado.httpserver.HTTPServer`` (for
             example ``ssl_options``, see :func:`ssl_context`).
     """
     # Also the handshake timeout: a client must send its request within it.
     server_options.setdefault("idle_connection_timeout", DEFAULT_HANDSHAKE_TIMEOUT)
-    sockets = tornado.netutil.bind_sockets(port, host)
+    sockets = tornado.netutil.bind_sockets(port, host, reuse_port=reuse_port)
     server = tornado.httpserver.HTTPServer(application, **server_options)
     server.add_sockets(sockets)
     scheme = "https" if server_options.get("ssl_options") else "http"
@@ -137,6 +143,8 @@ async def serve(
         shown = f"[{address[0]}]" if sock.family == socket.AF_INET6 else address[0]
         log.info("listening on %s://%s:%d", scheme, shown, address[1])
 
+    registry = Registry.for_application(application)
+    await registry.broker.start()
     stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -144,7 +152,6 @@ async def serve(
         loop.add_signal_handler(signum, _on_signal, stop, signum)
     try:
         await stop.wait()
-        registry = Registry.for_application(application)
         await drain(registry, code=close_code, window=drain_window, timeout=shutdown_timeout)
         server.stop()
         await asyncio.wait_for(server.close_all_connections(), timeout=1.0)
@@ -154,6 +161,7 @@ async def serve(
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
+        await registry.broker.close()
 
 
 def _on_signal(stop: asyncio.Event, signum: int) -> None:
@@ -163,3 +171,61 @@ def _on_signal(stop: asyncio.Event, signum: int) -> None:
     else:
         log.info("received %s: draining", name)
     stop.set()
+
+
+def run_workers(count: int, worker: Callable[[], int], *, max_restarts: int = 10) -> int:
+    """Run ``worker()`` in ``count`` forked processes; return 0 if all ended with 0.
+
+    The parent forwards SIGTERM and SIGINT to the workers and waits for them; a
+    worker that dies on its own (not while shutting down) is replaced, at most
+    ``max_restarts`` times in all. Call it before any event loop exists: each
+    worker starts its own (``worker`` typically runs ``asyncio.run(serve(...,
+    reuse_port=True))``).
+    """
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 1
+            try:
+                code = worker()
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    def forward(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for index in range(count):
+            spawn(index)
+        log.info("started %d workers: %s", count, " ".join(map(str, children)))
+        status = 0
+        while children:
+            try:
+                pid, wait_status = os.wait()
+            except ChildProcessError:
+                break
+            if pid not in children:
+                continue
+            index = children.pop(pid)
+            code = os.waitstatus_to_exitcode(wait_status)
+            if code != 0:
+                status = 1
+                log.warning("worker %d (pid %d) exited with %d", index, pid, code)
+                if not stopping and max_restarts > 0:
+                    max_restarts -= 1
+                    spawn(index)
+        return status
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

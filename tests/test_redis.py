@@ -1,0 +1,287 @@
+"""Rooms across processes on a real redis-server: two ``tornws serve --broker`` processes.
+
+Needs ``redis-server`` (``apt-get install redis-server``) and redis-py; skips
+without them, except under ``TORNWS_TEST_REQUIRE_ALL=1`` (CI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import websockets.asyncio.client
+from websockets.exceptions import ConnectionClosed
+
+from conftest import Server, free_port, wait_for_port
+
+pytest.importorskip("redis", reason="pip install 'tornws[redis]'")
+
+from tornws.chat import ChatEvent
+from tornws.frames import Message
+from tornws.redis_broker import decode_payload, encode_payload
+
+REDIS = shutil.which("redis-server")
+
+
+class Redis:
+    """redis-server on 127.0.0.1, no persistence: a restart loses everything."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        assert REDIS
+        self.process = subprocess.Popen(
+            [
+                REDIS,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def redis() -> Iterator[Redis]:
+    if REDIS is None:
+        pytest.skip("no redis-server (apt-get install redis-server)")
+    server = Redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pair(redis: Redis) -> Iterator[tuple[Server, Server]]:
+    """Two tornws processes on one Redis."""
+    servers = []
+    for _ in range(2):
+        port = free_port()
+        args = [sys.executable, "-m", "tornws", "serve", "--port", str(port), "--broker", redis.url]
+        servers.append(Server(args, port))
+    yield servers[0], servers[1]
+    for server in servers:
+        code, log = server.stop()
+        assert code == 0, log
+        assert "Traceback" not in log, log
+
+
+async def chat(server: Server, room: str, nick: str, since: str = "") -> Any:
+    url = f"{server.url}/chat/{room}?nick={nick}" + (f"&since={since}" if since else "")
+    return await websockets.asyncio.client.connect(url, subprotocols=["chat.json"])  # type: ignore[list-item]
+
+
+async def events(client: Any, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    return [json.loads(await asyncio.wait_for(client.recv(), timeout)) for _ in range(count)]
+
+
+async def until(client: Any, want: Any, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Events up to and including the first for which ``want(event)`` holds."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while True:
+        event = json.loads(await asyncio.wait_for(client.recv(), deadline - time.monotonic()))
+        seen.append(event)
+        if want(event):
+            return seen
+
+
+def say(text: str) -> str:
+    return json.dumps({"type": "message", "text": text})
+
+
+def test_payloads_round_trip() -> None:
+    event = ChatEvent("message", "ann", "hé <b>", time=1.5, origin="x-1")
+    assert decode_payload(encode_payload(event)) == event
+    assert decode_payload(encode_payload(Message("text"))) == Message("text")
+    assert decode_payload(encode_payload(Message(b"\x00\xff"))) == Message(b"\x00\xff")
+    with pytest.raises(TypeError):
+        encode_payload(object())
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_room_spans_processes_in_one_order(pair: tuple[Server, Server]) -> None:
+    a, b = pair
+    ann = await chat(a, "tea", "ann")
+    await events(ann, 2)  # presence, own join
+    bob = await chat(b, "tea", "bob")
+    carol = await chat(a, "tea", "carol")
+    await until(bob, lambda e: e["type"] == "join" and e["nick"] == "bob")
+    await until(carol, lambda e: e["type"] == "join" and e["nick"] == "carol")
+    await until(ann, lambda e: e["type"] == "join" and e["nick"] == "carol")
+    # Three senders at once, on two processes.
+    await asyncio.gather(
+        *(
+            c.send(say(f"{name} {i}"))
+            for i in range(20)
+            for c, name in ((ann, "ann"), (bob, "bob"), (carol, "carol"))
+        )
+    )
+    seen = {}
+    for name, client in (("ann", ann), ("bob", bob), ("carol", carol)):
+        got = [
+            e
+            for e in await until(client, lambda e: e.get("text") == "carol 19", 10)
+            if e["type"] == "message"
+        ]
+        while len(got) < 60:
+            got += [e for e in await events(client, 1) if e["type"] == "message"]
+        seen[name] = [(e["id"], e["sender"], e["text"]) for e in got]
+    assert seen["ann"] == seen["bob"] == seen["carol"]  # one order everywhere
+    ids = [i for i, _, _ in seen["ann"]]
+    assert ids == list(range(ids[0], ids[0] + 60))
+    for name in ("ann", "bob", "carol"):  # each sender's own lines in the order sent
+        assert [t for _, s, t in seen["ann"] if s == name] == [f"{name} {i}" for i in range(20)]
+    for client in (ann, bob, carol):
+        await client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_resume_on_another_process_gets_exactly_what_was_missed(
+    pair: tuple[Server, Server],
+) -> None:
+    a, b = pair
+    bob = await chat(b, "res", "bob")
+    await events(bob, 2)
+    ann = await chat(a, "res", "ann")
+    await until(ann, lambda e: e["type"] == "join" and e["nick"] == "ann")
+    await ann.send(say("before"))
+    last = (await until(ann, lambda e: e.get("text") == "before"))[-1]
+    await ann.close()
+    await until(bob, lambda e: e["type"] == "leave")
+    for i in range(3):
+        await bob.send(say(f"missed {i}"))
+    await until(bob, lambda e: e.get("text") == "missed 2")
+
+    back = await chat(b, "res", "ann", since=f"{last['epoch']}:{last['id']}")
+    got = await until(back, lambda e: e["type"] == "resumed")
+    assert got[0]["type"] == "presence"
+    assert [(e["type"], e.get("text"), e["id"]) for e in got[1:-1]] == [
+        ("leave", None, last["id"] + 1),
+        ("message", "missed 0", last["id"] + 2),
+        ("message", "missed 1", last["id"] + 3),
+        ("message", "missed 2", last["id"] + 4),
+    ]
+    assert got[-1] == {"type": "resumed", "room": "res", "recovered": True, "count": 4}
+    join = (await events(back, 1))[0]
+    assert (join["type"], join["nick"], join["id"]) == ("join", "ann", last["id"] + 5)
+    await bob.send(say("live"))
+    assert (await until(back, lambda e: e["type"] == "message"))[-1]["text"] == "live"
+    # An epoch Redis does not know: recovered false, then live as a new client.
+    stranger = await chat(a, "res", "eve", since="00000000:3")
+    got = await until(stranger, lambda e: e["type"] == "resumed")
+    assert got[-1]["recovered"] is False
+    for client in (bob, back, stranger):
+        await client.close()
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_redis_outage_keeps_local_rooms_going_and_heals(
+    redis: Redis, pair: tuple[Server, Server]
+) -> None:
+    a, b = pair
+    ann = await chat(a, "out", "ann")
+    carol = await chat(a, "out", "carol")
+    bob = await chat(b, "out", "bob")
+    await until(ann, lambda e: e["type"] == "join" and e["nick"] == "bob")
+    await until(carol, lambda e: e["type"] == "join" and e["nick"] == "bob")
+    await until(bob, lambda e: e["type"] == "join" and e["nick"] == "bob")
+
+    redis.stop()
+    await ann.send(say("while redis is down"))
+    local = (await until(carol, lambda e: e["type"] == "message"))[-1]
+    assert (local["text"], local["id"], local["epoch"]) == ("while redis is down", 0, "")
+    with pytest.raises(asyncio.TimeoutError):
+        await events(bob, 1, timeout=1.0)  # the other process cannot hear it
+
+    redis.start()  # empty: a new epoch for every room
+    deadline = time.monotonic() + 20
+    while a.output.count("redis connected") < 2 or b.output.count("redis connected") < 2:
+        assert time.monotonic() < deadline, (a.output, b.output)
+        await asyncio.sleep(0.1)
+    await ann.send(say("redis is back"))
+    for client in (bob, carol):
+        event = (await until(client, lambda e: e.get("text") == "redis is back", 10))[-1]
+        assert event["id"] == 1 and event["epoch"] not in ("", local["epoch"])
+    assert "delivered to this process only" in a.output
+    for client in (ann, bob, carol):
+        await client.close()
+
+
+def test_broker_must_be_a_redis_url() -> None:
+    from processes import run, tornws_command
+
+    result = run(tornws_command("serve", "--port", "0", "--broker", "http://x"))
+    assert result.returncode == 2 and "expected a redis:// URL" in result.stderr
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_clients_closed_on_sigterm_with_a_broker(pair: tuple[Server, Server]) -> None:
+    a, _ = pair
+    ann = await chat(a, "bye", "ann")
+    await events(ann, 2)
+    a.process.terminate()
+    with pytest.raises(ConnectionClosed):
+        await events(ann, 5)
+    assert ann.close_code == 1001
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_workers_share_the_port_and_one_room(redis: Redis) -> None:
+    """`--workers 2`: the kernel spreads clients over both processes (SO_REUSEPORT);
+    they chat in one room through Redis; SIGTERM drains both and the parent exits 0."""
+    port = free_port()
+    args = [sys.executable, "-m", "tornws", "serve", "--port", str(port)]
+    server = Server([*args, "--workers", "2", "--broker", redis.url], port)
+    try:
+        clients = [await chat(server, "crowd", f"u{i}") for i in range(12)]
+        for i, client in enumerate(clients):
+            await until(client, lambda e, i=i: e["type"] == "join" and e["nick"] == f"u{i}")
+        pids = {
+            line.split("[", 1)[1].split("]", 1)[0]
+            for line in server.output.splitlines()
+            if "open /chat/crowd" in line
+        }
+        assert len(pids) == 2, server.output
+        await clients[0].send(say("hello, both processes"))
+        for client in clients:
+            await until(client, lambda e: e.get("text") == "hello, both processes")
+        server.process.terminate()
+        for client in clients:
+            with pytest.raises(ConnectionClosed):
+                await events(client, 100)
+            assert client.close_code == 1001
+    finally:
+        code, log = server.stop()
+    assert code == 0, log
+    assert "started 2 workers" in log
+
+
+def test_workers_without_a_broker_are_refused() -> None:
+    from processes import run, tornws_command
+
+    result = run(tornws_command("serve", "--port", "0", "--workers", "2"))
+    assert result.returncode == 2
+    assert "--workers needs --broker redis://" in result.stderr

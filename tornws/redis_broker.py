@@ -1,0 +1,295 @@
+"""Rooms across processes on Redis (``pip install 'tornws[redis]'``, redis-py's asyncio client).
+
+Each room is a Redis Stream, ``<prefix>:room:<room>``, with its epoch and its
+offset counter beside it. Publishing runs one Lua script that numbers the
+message (offset + 1), appends it to the stream (trimmed to about ``history``
+entries) and sets the three keys to expire ``history_age`` seconds after the
+room's last message: the stream *is* the history that resuming clients read.
+
+Every process reads, with one ``XREAD``, the streams of the rooms it has local
+members in, and only those; so every member on every process receives a room's
+messages in the stream's order. A process's own publishes come back to it the
+same way (nothing is delivered before Redis has it, so the order is the same
+everywhere).
+
+When Redis is unreachable: publishes are delivered to the local members only,
+without an id (``offset`` 0, ``epoch`` ""), counted in :attr:`RedisBroker.failures`
+and logged; reading retries with backoff (0.1 s doubling to 5 s). When Redis is
+back, reading restarts from where each room was, or from the start of the
+room's new epoch if Redis lost its data (a restart without persistence).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from .broker import DEFAULT_HISTORY, DEFAULT_HISTORY_AGE, Broker, Envelope
+from .chat import ChatEvent
+from .frames import Message
+
+__all__ = ["RedisBroker", "decode_payload", "encode_payload"]
+
+log = logging.getLogger(__name__)
+
+# KEYS: stream, epoch, counter. ARGV: payload, a fresh epoch, maxlen, ttl in ms.
+_PUBLISH = """
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[2], epoch)
+  redis.call('DEL', KEYS[1], KEYS[3])
+end
+local offset = redis.call('INCR', KEYS[3])
+local now = redis.call('TIME')
+local millis = now[1] * 1000 + math.floor(now[2] / 1000)
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], offset .. '-1',
+           'e', epoch, 'p', ARGV[1], 't', millis)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
+return {epoch, offset}
+"""
+
+
+def encode_payload(payload: object) -> str:
+    """A published payload as JSON text (chat events and messages)."""
+    if isinstance(payload, ChatEvent):
+        return json.dumps(
+            {
+                "chat": [payload.type, payload.nick, payload.text, payload.time, payload.origin],
+            },
+            ensure_ascii=False,
+        )
+    if isinstance(payload, Message):
+        if payload.binary:
+            data = payload.payload
+            return json.dumps({"bin": base64.b64encode(data).decode()})
+        return json.dumps({"text": payload.data}, ensure_ascii=False)
+    raise TypeError(f"RedisBroker cannot carry a {type(payload).__name__}")
+
+
+def decode_payload(text: str | bytes) -> object:
+    """The inverse of :func:`encode_payload`."""
+    body = json.loads(text)
+    if "chat" in body:
+        kind, nick, line, when, origin = body["chat"]
+        return ChatEvent(kind, nick, line, time=when, origin=origin)
+    if "bin" in body:
+        return Message(base64.b64decode(body["bin"]))
+    return Message(body["text"])
+
+
+class RedisBroker(Broker):
+    """A :class:`~tornws.broker.Broker` on Redis; see the module docstring.
+
+    Args:
+        url: ``redis://host:port/db``.
+        prefix: of every key.
+        history: stream entries kept per room (about: trimmed with ``~``).
+        history_age: seconds a room's keys live after its last message.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "tornws",
+        history: int = DEFAULT_HISTORY,
+        history_age: float = DEFAULT_HISTORY_AGE,
+    ) -> None:
+        super().__init__()
+        self.url = url
+        self.prefix = prefix
+        self.history = history
+        self.history_age = history_age
+        #: Publishes that could not reach Redis (delivered locally only).
+        self.failures = 0
+        self._redis: Any = None
+        self._positions: dict[str, str] = {}  # subscribed room -> last stream id delivered
+        self._epochs: dict[str, str] = {}  # subscribed room -> its epoch as last seen
+        self._pending: dict[str, asyncio.Future[None]] = {}  # rooms waiting for a position
+        self._outbox: list[tuple[str, object, asyncio.Future[None] | None]] = []
+        self._wake_publisher = asyncio.Event()
+        self._wake_reader = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._up = False
+        self._errors: tuple[type[BaseException], ...] = (OSError,)
+        self._backoff = 0.1
+
+    def _key(self, room: str, kind: str) -> str:
+        return f"{self.prefix}:room:{room}:{kind}"
+
+    # Lifecycle
+
+    async def start(self) -> None:
+        import redis.asyncio
+        import redis.exceptions
+
+        self._errors = (redis.exceptions.RedisError, OSError)
+        self._redis = redis.asyncio.from_url(self.url, decode_responses=True)
+        self._script = self._redis.register_script(_PUBLISH)
+        self._tasks = [
+            asyncio.ensure_future(self._publisher()),
+            asyncio.ensure_future(self._reader()),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
+        self._tasks = []
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    # Subscriptions
+
+    def subscribe(self, room: str) -> None:
+        if room not in self._positions and room not in self._pending:
+            self._pending[room] = asyncio.get_running_loop().create_future()
+            self._wake_reader.set()
+
+    def unsubscribe(self, room: str) -> None:
+        self._positions.pop(room, None)
+        self._epochs.pop(room, None)
+        future = self._pending.pop(room, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def ready(self, room: str) -> Awaitable[None] | None:
+        """An awaitable done once ``room``'s messages are being read (``None``: already)."""
+        return self._pending.get(room)
+
+    # Publishing
+
+    def publish(self, room: str, payload: object, *, keep: bool = True) -> None:
+        # Even with no local member left (a leave): members elsewhere hear it.
+        self._outbox.append((room, payload, None))
+        self._wake_publisher.set()
+
+    async def _publisher(self) -> None:
+        ttl = str(int(self.history_age * 1000))
+        maxlen = str(max(self.history, 1))
+        while True:
+            await self._wake_publisher.wait()
+            self._wake_publisher.clear()
+            batch, self._outbox = self._outbox, []
+            if not batch:
+                continue
+            for attempt in (1, 2):  # a second time on a fresh connection (Redis restarted?)
+                try:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for room, payload, _ in batch:
+                            keys = [self._key(room, k) for k in ("stream", "epoch", "n")]
+                            args = [encode_payload(payload), os.urandom(4).hex(), maxlen, ttl]
+                            await self._script(keys=keys, args=args, client=pipe)
+                        await pipe.execute()
+                    break
+                except self._errors as exc:
+                    if attempt == 2:
+                        self._local(batch, exc)
+
+    def _local(self, batch: list[tuple[str, object, Any]], exc: BaseException) -> None:
+        self.failures += len(batch)
+        log.warning(
+            "redis unreachable (%s): %d message(s) delivered to this process only",
+            exc,
+            len(batch),
+        )
+        deliver = self._deliver
+        assert deliver is not None
+        for room, payload, _ in batch:
+            if room in self._positions or room in self._pending:
+                deliver(Envelope(room, 0, payload, ""))
+        self._up = False
+
+    # Reading
+
+    async def _reader(self) -> None:
+        while True:
+            try:
+                await self._read_forever()
+            except self._errors as exc:  # retry with backoff
+                if self._up:
+                    log.warning("redis connection lost (%s); retrying", exc)
+                self._up = False
+                await asyncio.sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, 5.0)
+
+    async def _read_forever(self) -> None:
+        redis = self._redis
+        await redis.ping()
+        self._backoff = 0.1
+        if not self._up:
+            log.info("redis connected: %s", self.url)
+            self._up = True
+        # (Re)start every room where it was; a room whose epoch changed (Redis lost
+        # its data) starts from the beginning of its new epoch.
+        for room in list(self._positions):
+            epoch = await redis.get(self._key(room, "epoch"))
+            if epoch != self._epochs.get(room):
+                self._positions[room] = "0-0"
+                self._epochs[room] = epoch or ""
+        while True:
+            for room in list(self._pending):
+                last = await redis.xrevrange(self._key(room, "stream"), count=1)
+                epoch = await redis.get(self._key(room, "epoch"))
+                future = self._pending.pop(room, None)
+                if future is None:
+                    continue  # unsubscribed meanwhile
+                self._positions[room] = last[0][0] if last else "0-0"
+                self._epochs[room] = epoch or ""
+                if not future.done():
+                    future.set_result(None)
+            if not self._positions:
+                self._wake_reader.clear()
+                await self._wake_reader.wait()
+                continue
+            streams = {self._key(room, "stream"): pos for room, pos in self._positions.items()}
+            answer = await redis.xread(streams, count=1000, block=100)
+            for stream, entries in answer or ():
+                room = stream[len(self.prefix) + 6 : -len(":stream")]
+                for entry_id, fields in entries:
+                    if room not in self._positions:
+                        break
+                    self._positions[room] = entry_id
+                    self._epochs[room] = fields["e"]
+                    offset = int(entry_id.split("-", 1)[0])
+                    envelope = Envelope(room, offset, decode_payload(fields["p"]), fields["e"])
+                    assert self._deliver is not None
+                    self._deliver(envelope)
+
+    # History
+
+    async def recover(self, room: str, epoch: str, offset: int) -> list[Envelope] | None:
+        """The envelopes of ``room`` after ``offset`` up to what this process has
+        delivered, or ``None`` if Redis cannot tell them all."""
+        redis = self._redis
+        position = self._positions.get(room)
+        if position is None or self._epochs.get(room) != epoch:
+            return None
+        upto = int(position.split("-", 1)[0])
+        if offset >= upto:
+            return []  # (anything newer comes live)
+        try:
+            entries = await redis.xrange(self._key(room, "stream"), f"{offset + 1}-1", position)
+            current = await redis.get(self._key(room, "epoch"))
+        except Exception:
+            return None
+        if current != epoch or not entries or int(entries[0][0].split("-", 1)[0]) != offset + 1:
+            return None
+        horizon = time.time() * 1000 - self.history_age * 1000
+        if int(entries[0][1]["t"]) <= horizon:
+            return None
+        return [
+            Envelope(room, int(entry_id.split("-", 1)[0]), decode_payload(fields["p"]), epoch)
+            for entry_id, fields in entries
+        ]
