@@ -365,3 +365,28 @@ async def test_a_stalled_coroutine_on_message_stops_reading(
     # Not reading, it would notice the client leaving only by keepalive: cut it.
     handler.abort()
     await wait_for(lambda: not registry.connections)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_xheaders_make_per_address_limits_see_the_client_behind_a_proxy() -> None:
+    """`tornws serve --xheaders --max-connections-per-ip 1`: X-Real-IP is the address."""
+    port = free_port()
+    args = [sys.executable, "-m", "tornws", "serve", "--port", str(port), "--xheaders"]
+    server = Server([*args, "--max-connections-per-ip", "1"], port)
+    url = f"ws://127.0.0.1:{port}/echo"
+
+    def behind_proxy(client: str) -> Any:
+        request = tornado.httpclient.HTTPRequest(url, headers={"X-Real-IP": client})
+        return tornado.websocket.websocket_connect(request)
+
+    try:
+        first = await behind_proxy("192.0.2.1")
+        second = await behind_proxy("192.0.2.2")  # another client: accepted
+        with pytest.raises(tornado.httpclient.HTTPClientError) as refused:
+            await behind_proxy("192.0.2.1")
+        assert refused.value.code == 503
+        first.close()
+        second.close()
+    finally:
+        code, log = server.stop()
+    assert "peer=192.0.2.2" in log and code == 0

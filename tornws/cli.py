@@ -150,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="N processes sharing the port (needs --broker: rooms span them)",
     )
+    serve.add_argument(
+        "--xheaders",
+        action="store_true",
+        help="behind a proxy: take the client's address from X-Real-IP / X-Forwarded-For",
+    )
     serve.add_argument("--certfile", help="serve wss:// and https:// with this certificate chain")
     serve.add_argument("--keyfile", help="the certificate's private key (if not in --certfile)")
     serve.add_argument(
@@ -299,7 +304,7 @@ def _serve(args: argparse.Namespace) -> int:
         app.settings["tornws_max_connections"] = args.max_connections
     if args.max_connections_per_ip is not None:
         app.settings["tornws_max_connections_per_ip"] = args.max_connections_per_ip
-    server_options: dict[str, Any] = {}
+    server_options: dict[str, Any] = {"xheaders": args.xheaders}
     if args.certfile:
         try:
             server_options["ssl_options"] = ssl_context(args.certfile, args.keyfile)

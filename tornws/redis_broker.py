@@ -130,10 +130,14 @@ class RedisBroker(Broker):
 
     async def start(self) -> None:
         import redis.asyncio
+        import redis.asyncio.retry
+        import redis.backoff
         import redis.exceptions
 
         self._errors = (redis.exceptions.RedisError, OSError)
-        self._redis = redis.asyncio.from_url(self.url, decode_responses=True)
+        # A pooled connection that Redis closed (a restart) fails once: retry on a new one.
+        retry = redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.02), 2)
+        self._redis = redis.asyncio.from_url(self.url, decode_responses=True, retry=retry)
         self._script = self._redis.register_script(_PUBLISH)
         self._tasks = [
             asyncio.ensure_future(self._publisher()),
@@ -282,8 +286,8 @@ class RedisBroker(Broker):
         try:
             entries = await redis.xrange(self._key(room, "stream"), f"{offset + 1}-1", position)
             current = await redis.get(self._key(room, "epoch"))
-        except Exception:
-            return None
+        except self._errors:
+            return None  # cannot tell: the client learns it with recovered false
         if current != epoch or not entries or int(entries[0][0].split("-", 1)[0]) != offset + 1:
             return None
         horizon = time.time() * 1000 - self.history_age * 1000
