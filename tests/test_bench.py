@@ -102,3 +102,33 @@ def test_bench_ratio_is_relative_to_asyncio() -> None:
     fake = {"subjects": {"asyncio": {"results": {"w": m(0.01)}}, "x": {"results": {"w": m(0.02)}}}}
     assert report.ratio(fake, "x", "w") == pytest.approx(2.0)
     assert math.isnan(report.ratio(fake, "x", "missing"))
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_cluster_subject_broadcasts_across_two_processes() -> None:
+    """`tornws bench --redis`: receivers spread over two tornws processes on one
+    redis-server; every message reaches all of them; CPU counts all three processes."""
+    import shutil
+
+    pytest.importorskip("picows", reason="tornws bench needs the bench extra (picows)")
+    pytest.importorskip("redis", reason="pip install 'tornws[redis]'")
+    if shutil.which("redis-server") is None:
+        pytest.skip("no redis-server (apt-get install redis-server)")
+    from tornws.bench import load
+    from tornws.bench.subjects import Cluster
+
+    running = Cluster("cluster", groups=("fanout",)).start(None)
+    fanout = load.Fanout(running, verify=True)
+    try:
+        assert len(running.urls) == 2 and len(running.parts) == 3  # type: ignore[attr-defined]
+        await fanout.grow(40)
+        ports = {client.transport.underlying_transport.get_extra_info("peername")[1]
+                 for client in fanout.clients}  # fmt: skip
+        assert len(ports) == 2  # both processes have receivers
+        measurement = await fanout.run(10, paced=True)
+        assert fanout.error is None
+        assert measurement.units == 400 and len(measurement.latencies) == 10
+        assert measurement.server_cpu > 0
+    finally:
+        await fanout.close()
+        running.stop()

@@ -253,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
         "that serves /echo and /broadcast, e.g. ws://127.0.0.1:9000",
     )
     bench.add_argument("--pid", type=int, help="the process id of the --url server")
+    bench.add_argument(
+        "--redis",
+        action="store_true",
+        help="also broadcast across two tornws processes on one redis-server (needs "
+        "redis-server and tornws[redis]): deliveries/s and send → last-receiver latency",
+    )
     bench.add_argument("--name", default="custom", help="the --url server's name in the table")
     bench.add_argument(
         "--asyncio-server",

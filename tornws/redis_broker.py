@@ -38,7 +38,8 @@ __all__ = ["RedisBroker", "decode_payload", "encode_payload"]
 
 log = logging.getLogger(__name__)
 
-# KEYS: stream, epoch, counter. ARGV: payload, a fresh epoch, maxlen, ttl in ms.
+# KEYS: stream, epoch, counter. ARGV: payload, a fresh epoch, maxlen, ttl in ms, trim
+# ("~": about maxlen, for history; "=": exactly, for a message not to keep).
 _PUBLISH = """
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
@@ -49,7 +50,7 @@ end
 local offset = redis.call('INCR', KEYS[3])
 local now = redis.call('TIME')
 local millis = now[1] * 1000 + math.floor(now[2] / 1000)
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], offset .. '-1',
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], ARGV[3], offset .. '-1',
            'e', epoch, 'p', ARGV[1], 't', millis)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
@@ -115,7 +116,7 @@ class RedisBroker(Broker):
         self._positions: dict[str, str] = {}  # subscribed room -> last stream id delivered
         self._epochs: dict[str, str] = {}  # subscribed room -> its epoch as last seen
         self._pending: dict[str, asyncio.Future[None]] = {}  # rooms waiting for a position
-        self._outbox: list[tuple[str, object, asyncio.Future[None] | None]] = []
+        self._outbox: list[tuple[str, object, bool]] = []
         self._wake_publisher = asyncio.Event()
         self._wake_reader = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -176,7 +177,7 @@ class RedisBroker(Broker):
 
     def publish(self, room: str, payload: object, *, keep: bool = True) -> None:
         # Even with no local member left (a leave): members elsewhere hear it.
-        self._outbox.append((room, payload, None))
+        self._outbox.append((room, payload, keep))
         self._wake_publisher.set()
 
     async def _publisher(self) -> None:
@@ -191,9 +192,16 @@ class RedisBroker(Broker):
             for attempt in (1, 2):  # a second time on a fresh connection (Redis restarted?)
                 try:
                     async with self._redis.pipeline(transaction=False) as pipe:
-                        for room, payload, _ in batch:
+                        for room, payload, keep in batch:
                             keys = [self._key(room, k) for k in ("stream", "epoch", "n")]
-                            args = [encode_payload(payload), os.urandom(4).hex(), maxlen, ttl]
+                            trim = (maxlen, "~") if keep else ("1", "=")  # (not kept: itself only)
+                            args = [
+                                encode_payload(payload),
+                                os.urandom(4).hex(),
+                                trim[0],
+                                ttl,
+                                trim[1],
+                            ]
                             await self._script(keys=keys, args=args, client=pipe)
                         await pipe.execute()
                     break

@@ -154,6 +154,8 @@ async def _run_subject(
         fanout = load.Fanout(running, verify=quick)
         try:
             for workload in workloads:
+                if getattr(subject, "groups", None) and workload.group not in subject.groups:
+                    continue
                 progress(f"{subject.name}: {workload.name}")
                 if workload.group != "fanout" and fanout.clients:
                     await fanout.close()
@@ -202,7 +204,7 @@ async def run(
 def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run the bench as the ``tornws bench`` command parsed ``args``; return the exit status."""
     from . import report as reporting
-    from .subjects import ASYNCIO_SERVER, Subject, builtin_subjects
+    from .subjects import ASYNCIO_SERVER, Cluster, Subject, builtin_subjects
 
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
@@ -219,6 +221,12 @@ def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int
         if unknown:
             raise ConfigError(f"--only: unknown subject(s) {', '.join(sorted(unknown))}")
         subjects = [s for s in subjects if s.name in wanted or s.name == "asyncio"]
+    if args.redis:
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise ConfigError("--redis needs redis-py: pip install -e '.[redis]'") from None
+        subjects.append(Cluster("tornws×2+redis", groups=("fanout",)))
     if args.url:
         if not args.pid:
             raise ConfigError("--url needs --pid: the server's process id, to read its CPU time")

@@ -277,13 +277,15 @@ class Fanout:
     async def grow(self, receivers: int) -> None:
         """Have ``receivers`` connections in all, each proven to receive broadcasts."""
         gate = asyncio.Semaphore(64)
+        # A cluster (several processes on one broker) spreads its receivers over all.
+        urls: list[str] = getattr(self.server, "urls", None) or [self.server.url]
 
-        async def one() -> FanoutClient:
+        async def one(index: int) -> FanoutClient:
             async with gate:
                 _, client = await asyncio.wait_for(
                     ws_connect(
                         lambda: FanoutClient(self),
-                        f"{self.server.url}/broadcast",
+                        f"{urls[index % len(urls)]}/broadcast",
                         read_buffer_init_size=2048,
                     ),
                     STUCK,
@@ -291,7 +293,8 @@ class Fanout:
                 assert isinstance(client, FanoutClient)
                 return client
 
-        self.clients += await asyncio.gather(*(one() for _ in range(receivers - len(self.clients))))
+        start = len(self.clients)
+        self.clients += await asyncio.gather(*(one(i) for i in range(start, receivers)))
         deadline = time.monotonic() + STUCK
         while self.warm < len(self.clients):
             if time.monotonic() > deadline:

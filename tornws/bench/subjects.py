@@ -16,6 +16,8 @@ from ..exceptions import ConfigError
 
 __all__ = [
     "ASYNCIO_SERVER",
+    "Cluster",
+    "ClusterRunning",
     "Running",
     "Subject",
     "builtin_subjects",
@@ -84,6 +86,8 @@ class Subject:
     command: list[str] = field(default_factory=list)
     url: str = ""
     pid: int = 0
+    #: The workload groups it runs (``fanout``, ``echo``, …); empty: all.
+    groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.url:
@@ -170,3 +174,59 @@ def builtin_subjects(asyncio_server: Path = ASYNCIO_SERVER) -> list[Subject]:
         Subject("asyncio", [python, str(asyncio_server), "--port", "{port}", *quiet]),
         Subject("raw-tornado", [python, "-m", "tornws.bench.raw_tornado", "--port", "{port}"]),
     ]
+
+
+@dataclass
+class Cluster(Subject):
+    """``tornws serve --broker`` in two processes on one redis-server: a room across
+    processes. Only the broadcast workloads run on it; receivers are spread over
+    both processes, the sender is on the first; the figure is the CPU time of all
+    three processes (both servers and Redis), all pinned to the server CPU."""
+
+    processes: int = 2
+
+    def start(self, cpu: int | None) -> Running:
+        import shutil
+
+        redis_server = shutil.which("redis-server")
+        if redis_server is None:
+            raise ConfigError("--redis needs redis-server (apt-get install redis-server)")
+        port = _free_port()
+        redis = subprocess.Popen(
+            [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        if cpu is not None:
+            os.sched_setaffinity(redis.pid, {cpu})
+        store = Running(self, f"redis://127.0.0.1:{port}", redis.pid, redis)
+        store.wait_listening(port)
+        command = [sys.executable, "-m", "tornws", "serve", "--port", "{port}"]
+        broker = ["--broker", f"redis://127.0.0.1:{port}/0", "--log-level", "warning"]
+        servers = [
+            Subject(f"{self.name}-{i}", [*command, *broker]).start(cpu)
+            for i in range(self.processes)
+        ]
+        return ClusterRunning(self, servers[0].url, servers[0].pid, None, parts=[*servers, store])
+
+
+@dataclass
+class ClusterRunning(Running):
+    parts: list[Running] = field(default_factory=list)
+
+    @property
+    def urls(self) -> list[str]:
+        """The tornws processes' URLs (not Redis's)."""
+        return [part.url for part in self.parts if part.url.startswith("ws://")]
+
+    def cpu(self) -> float:
+        return sum(part.cpu() for part in self.parts)
+
+    def rss(self) -> int:
+        return sum(part.rss() for part in self.parts)
+
+    def stop(self) -> None:
+        for part in self.parts:
+            part.stop()
