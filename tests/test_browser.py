@@ -19,6 +19,7 @@ import pytest
 
 from conftest import Server, free_port
 from processes import Interactive, tornws_command
+from services import REDIS, Redis
 
 CHROMIUM = os.environ.get("TORNWS_CHROMIUM", "/usr/bin/chromium")
 #: Chromium on a machine with no network and no display (shared/DESIGN.md §6).
@@ -232,6 +233,49 @@ def test_page_resumes_after_a_lost_connection(context: Any, server: Server) -> N
         ["before", "while you were away", "and again", "live"]
     )
     assert context.errors == []
+
+
+def test_page_resumes_across_a_server_restart_with_redis(context: Any) -> None:
+    """Two tornws processes on one Redis; the page's process restarts while someone on the
+    other process writes; the page comes back to the new process and shows what it missed."""
+    if REDIS is None:
+        pytest.skip("no redis-server (apt-get install redis-server)")
+    pytest.importorskip("redis", reason="pip install 'tornws[redis]'")
+    redis = Redis()
+    port_a, port_b = free_port(), free_port()
+
+    def start(port: int) -> Server:
+        command = [sys.executable, "-m", "tornws", "serve", "--port", str(port)]
+        return Server([*command, "--broker", redis.url], port)
+
+    first, other = start(port_a), start(port_b)
+    terminal = Interactive(tornws_command("client", f"{other.url}/chat/relay?nick=bob"))
+    second = None
+    try:
+        page = open_chat(context, first, "relay", "ann")
+        terminal.out.expect("* you are bob in relay")
+        expect(page.locator("#members li")).to_have_text(["ann"])  # presence is per process
+        terminal.send("before the restart")
+        expect(lines(page).locator(".text")).to_have_text(["before the restart"])
+        assert first.stop()[0] == 0
+        expect(page.locator("#status")).to_have_attribute("data-status", "reconnecting")
+        terminal.send("while you were away")
+        terminal.send("and again")
+        second = start(port_a)
+        expect(page.locator("#status")).to_have_text("connected", timeout=20_000)
+        expect(lines(page).locator(".text")).to_have_text(
+            ["before the restart", "while you were away", "and again"]
+        )
+        notices = page.locator("#messages li.notice span")
+        expect(notices.nth(-2)).to_have_text("3 missed while away")  # own leave + 2 lines
+        terminal.send("live")
+        expect(lines(page).locator(".text").last).to_have_text("live")
+    finally:
+        terminal.kill()
+        for server in (first, other, second):
+            if server is not None:
+                server.stop()
+        redis.stop()
 
 
 def test_page_is_usable_on_a_narrow_screen(context: Any, server: Server, tmp_path: Path) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -19,49 +17,14 @@ import pytest
 import websockets.asyncio.client
 from websockets.exceptions import ConnectionClosed
 
-from conftest import Server, free_port, wait_for_port
+from conftest import Server, free_port
+from services import REDIS, Redis
 
 pytest.importorskip("redis", reason="pip install 'tornws[redis]'")
 
 from tornws.chat import ChatEvent
 from tornws.frames import Message
 from tornws.redis_broker import decode_payload, encode_payload
-
-REDIS = shutil.which("redis-server")
-
-
-class Redis:
-    """redis-server on 127.0.0.1, no persistence: a restart loses everything."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        assert REDIS
-        self.process = subprocess.Popen(
-            [
-                REDIS,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port, self.process)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
 
 
 @pytest.fixture

@@ -539,6 +539,13 @@ class ChatHandler(WebSocketHandler):
 
     room: str
     nick: str
+    # Defaults, for subclasses whose initialize() does not call super().initialize().
+    since: tuple[str, int] | None = None
+    room_authorizer: Callable[[Any, str], bool] | None = None
+    default_room = "lobby"
+    _waiting: list[Envelope] | None = None
+    _seen: tuple[str, int] | None = None
+    _joined = False
 
     def initialize(
         self,
@@ -558,6 +565,7 @@ class ChatHandler(WebSocketHandler):
         self._waiting: list[Envelope] | None = None
         # After a resume: events up to this (epoch, offset) were seen already.
         self._seen: tuple[str, int] | None = None
+        self._joined = False
 
     def before_upgrade(self, room: str | None = None) -> None:
         """Choose the nick (400 if invalid) and check the room (403 if not allowed)."""
@@ -617,6 +625,7 @@ class ChatHandler(WebSocketHandler):
         for envelope in waiting or ():
             self.deliver(envelope)
         self.publish("join")
+        self._joined = True
 
     def on_message(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
@@ -641,7 +650,8 @@ class ChatHandler(WebSocketHandler):
             self.send(chat.presence_event(self.room, self.nicks()))
 
     def on_close(self) -> None:
-        if self.room and self.registry.leave(self.room, self):
+        # (A connection that closed before its greeting never said it joined.)
+        if self.room and self.registry.leave(self.room, self) and self._joined:
             self.publish("leave")
 
     def _replay(self, missed: list[Envelope] | None) -> None:
