@@ -253,3 +253,40 @@ def test_workers_without_a_broker_are_refused() -> None:
     result = run(tornws_command("serve", "--port", "0", "--workers", "2"))
     assert result.returncode == 2
     assert "--workers needs --broker redis://" in result.stderr
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_an_unkept_message_is_delivered_but_ends_what_can_be_resumed(redis: Redis) -> None:
+    """``publish(..., keep=False)`` (the /broadcast relay): every process gets it, and a
+    resume across it says recovered false, as with the memory broker."""
+    from tornws.broker import Envelope
+    from tornws.redis_broker import RedisBroker
+
+    seen: list[Envelope] = []
+    broker = RedisBroker(redis.url)
+    broker.attach(seen.append)
+    await broker.start()
+    try:
+        broker.subscribe("k")
+        ready = broker.ready("k")
+        if ready is not None:
+            await ready
+        broker.publish("k", Message("kept"))
+        broker.publish("k", Message("not kept"), keep=False)
+        broker.publish("k", Message("kept again"))
+        for _ in range(200):
+            if len(seen) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert [e.payload for e in seen] == [
+            Message("kept"),
+            Message("not kept"),
+            Message("kept again"),
+        ]
+        epoch = seen[0].epoch
+        resumed = await broker.recover("k", epoch, seen[1].offset)
+        assert resumed is not None
+        assert [(e.offset, e.payload) for e in resumed] == [(seen[2].offset, Message("kept again"))]
+        assert await broker.recover("k", epoch, seen[0].offset) is None
+    finally:
+        await broker.close()

@@ -38,8 +38,9 @@ __all__ = ["RedisBroker", "decode_payload", "encode_payload"]
 
 log = logging.getLogger(__name__)
 
-# KEYS: stream, epoch, counter. ARGV: payload, a fresh epoch, maxlen, ttl in ms, trim
-# ("~": about maxlen, for history; "=": exactly, for a message not to keep).
+# KEYS: stream, epoch, counter. ARGV: payload, a fresh epoch, maxlen, ttl in ms, keep ("1"
+# or "0": a message not to keep still goes through the stream, every process reads it there,
+# but a resume across it is refused).
 _PUBLISH = """
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
@@ -50,8 +51,8 @@ end
 local offset = redis.call('INCR', KEYS[3])
 local now = redis.call('TIME')
 local millis = now[1] * 1000 + math.floor(now[2] / 1000)
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], ARGV[3], offset .. '-1',
-           'e', epoch, 'p', ARGV[1], 't', millis)
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], offset .. '-1',
+           'e', epoch, 'p', ARGV[1], 't', millis, 'k', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
@@ -93,7 +94,9 @@ class RedisBroker(Broker):
     Args:
         url: ``redis://host:port/db``.
         prefix: of every key.
-        history: stream entries kept per room (about: trimmed with ``~``).
+        history: stream entries kept per room (about: trimmed with ``~``); also how far
+            a process may fall behind a room before it skips events (counted in
+            :attr:`skipped`, logged).
         history_age: seconds a room's keys live after its last message.
     """
 
@@ -112,6 +115,8 @@ class RedisBroker(Broker):
         self.history_age = history_age
         #: Publishes that could not reach Redis (delivered locally only).
         self.failures = 0
+        #: Events this process never read: it fell more than ``history`` behind.
+        self.skipped = 0
         self._redis: Any = None
         self._positions: dict[str, str] = {}  # subscribed room -> last stream id delivered
         self._epochs: dict[str, str] = {}  # subscribed room -> its epoch as last seen
@@ -194,13 +199,12 @@ class RedisBroker(Broker):
                     async with self._redis.pipeline(transaction=False) as pipe:
                         for room, payload, keep in batch:
                             keys = [self._key(room, k) for k in ("stream", "epoch", "n")]
-                            trim = (maxlen, "~") if keep else ("1", "=")  # (not kept: itself only)
                             args = [
                                 encode_payload(payload),
                                 os.urandom(4).hex(),
-                                trim[0],
+                                maxlen,
                                 ttl,
-                                trim[1],
+                                "1" if keep else "0",
                             ]
                             await self._script(keys=keys, args=args, client=pipe)
                         await pipe.execute()
@@ -272,9 +276,17 @@ class RedisBroker(Broker):
                 for entry_id, fields in entries:
                     if room not in self._positions:
                         break
+                    offset = int(entry_id.split("-", 1)[0])
+                    previous = int(self._positions[room].split("-", 1)[0])
+                    if previous and offset > previous + 1 and fields["e"] == self._epochs[room]:
+                        self.skipped += offset - previous - 1
+                        log.warning(
+                            "room %r: fell %d event(s) behind the stream's length; skipped",
+                            room,
+                            offset - previous - 1,
+                        )
                     self._positions[room] = entry_id
                     self._epochs[room] = fields["e"]
-                    offset = int(entry_id.split("-", 1)[0])
                     envelope = Envelope(room, offset, decode_payload(fields["p"]), fields["e"])
                     assert self._deliver is not None
                     self._deliver(envelope)
@@ -298,6 +310,8 @@ class RedisBroker(Broker):
             return None  # cannot tell: the client learns it with recovered false
         if current != epoch or not entries or int(entries[0][0].split("-", 1)[0]) != offset + 1:
             return None
+        if any(fields.get("k") == "0" for _, fields in entries):
+            return None  # a message that was not to be kept is in the range
         horizon = time.time() * 1000 - self.history_age * 1000
         if int(entries[0][1]["t"]) <= horizon:
             return None
