@@ -184,6 +184,13 @@ async def test_redis_outage_keeps_local_rooms_going_and_heals(
         unexpected = []
     assert unexpected == []  # the other process cannot hear it
 
+    # A newcomer to a room its process does not read yet is greeted anyway (after 2 s).
+    dave = await chat(a, "new-room", "dave")
+    greeting = await events(dave, 2, timeout=10)
+    assert greeting[0]["type"] == "presence" and greeting[0]["members"] == ["dave"]
+    assert (greeting[1]["type"], greeting[1]["nick"], greeting[1]["id"]) == ("join", "dave", 0)
+    await dave.close()
+
     redis.start()  # empty: a new epoch for every room
     deadline = time.monotonic() + 20
     while a.output.count("redis connected") < 2 or b.output.count("redis connected") < 2:

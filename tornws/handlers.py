@@ -45,6 +45,7 @@ are logged by Tornado at ERROR on ``tornado.application``.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -98,6 +99,8 @@ DEFAULT_OUTGOING_BUDGET = 256 * 1024 * 1024
 #: Seconds a refused client is asked to wait (``Retry-After``).
 DEFAULT_RETRY_AFTER = 5
 SLOW_CONSUMER_POLICIES = ("close", "drop")
+#: Seconds a chat connection waits for its broker to read its room (Redis down?).
+READY_TIMEOUT = 2.0
 #: permessage-deflate settings under whatever ``compression`` gives. Level 1:
 #: on Autobahn case 12.3.15 (1000 × 128 KiB) the server spent 4.9 s of CPU at
 #: level 1 against 12.9 s at Tornado's level 6, for chat-sized JSON 2.3 µs
@@ -604,7 +607,12 @@ class ChatHandler(WebSocketHandler):
 
     async def _greet_when_ready(self, ready: Awaitable[None] | None) -> None:
         if ready is not None:
-            await ready
+            try:  # (shared by every joiner of the room: not to be cancelled by one)
+                await asyncio.wait_for(asyncio.shield(ready), READY_TIMEOUT)
+            except asyncio.TimeoutError:
+                log.warning(
+                    "room %r not ready after %.0f s: greeting anyway", self.room, READY_TIMEOUT
+                )
         missed = None
         if self.since is not None:
             missed = await self.registry.broker.recover(self.room, *self.since)

@@ -16,7 +16,13 @@ When Redis is unreachable: publishes are delivered to the local members only,
 without an id (``offset`` 0, ``epoch`` ""), counted in :attr:`RedisBroker.failures`
 and logged; reading retries with backoff (0.1 s doubling to 5 s). When Redis is
 back, reading restarts from where each room was, or from the start of the
-room's new epoch if Redis lost its data (a restart without persistence).
+room's new epoch if Redis lost its data (a restart without persistence). A
+client joining a room its process does not read yet, while Redis is down, is
+greeted after 2 s anyway; the room is read once Redis is back.
+
+The broker's tasks run between ``await broker.start()`` and ``await
+broker.close()``: :func:`tornws.serve` does both; an application that serves
+itself must too.
 """
 
 from __future__ import annotations
@@ -151,6 +157,11 @@ class RedisBroker(Broker):
         ]
 
     async def close(self) -> None:
+        # What was published last (the leaves of a drain) goes out first, if Redis is there.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        while self._outbox and self._up and loop.time() < deadline:
+            await asyncio.sleep(0.01)
         for task in self._tasks:
             task.cancel()
         if self._tasks:
