@@ -301,11 +301,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     def check_origin(self, origin: str) -> bool:
         """Same host (Tornado's rule), or an origin allowed by ``origins``."""
-        return (
-            origin in self._origins
-            or super().check_origin(origin)
-            or (bool(self._origins) and origin_allowed(origin, self._origins))
-        )
+        return super().check_origin(origin) or origin_allowed(origin, self._origins)
 
     def get_current_user(self) -> Any:
         """With ``tickets``: the user of the ``ticket`` query argument (redeemed

@@ -372,19 +372,15 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         """
         if self.server_terminated or self._finished:
             return False
+        if self._queued and self._queued + len(message) > self.max_outgoing > 0:
+            return self._slow()  # before compressing: the peer's deflate context must not skip
         if self._compressor is None:
-            frame = message.frame
-            if self._queued and self._queued + len(frame) > self.max_outgoing > 0:
-                return self._slow()
-            self._send(frame)
-            self.messages_out += 1
+            self._send(message.frame)
         else:
-            payload = message.payload
-            if self._queued and self._queued + len(payload) > self.max_outgoing > 0:
-                return self._slow()  # before compressing: the peer's context must not skip
             opcode = Opcode.BINARY if message.binary else Opcode.TEXT
-            self._send(encode_frame(opcode, self._compressor.compress(payload), rsv1=True))
-            self.messages_out += 1
+            payload = self._compressor.compress(message.payload)
+            self._send(encode_frame(opcode, payload, rsv1=True))
+        self.messages_out += 1
         return True
 
     def write_message(
@@ -467,6 +463,17 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
             future = waiters.popleft()[1]
             if not future.done():
                 future.set_result(None)
+
+    def _reject_waiters(self, beyond: int = -1) -> None:
+        """Fail the write futures of bytes past ``beyond`` (all by default): they will
+        not be sent."""
+        closed = tornado.websocket.WebSocketClosedError()
+        waiters = self._waiters
+        while waiters and waiters[-1][0] > beyond:
+            future = waiters.pop()[1]
+            if not future.done():
+                future.set_exception(closed)
+                future.exception()  # a caller that never awaits it is not an error
 
     def _uncork(self) -> None:
         """Send what the batch held for this connection, in one piece."""
@@ -551,12 +558,7 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         self._queued -= shed
         self._submitted -= shed
         self._stats.outgoing_bytes -= shed
-        closed = tornado.websocket.WebSocketClosedError()
-        while self._waiters and self._waiters[-1][0] > self._submitted:
-            future = self._waiters.pop()[1]
-            if not future.done():
-                future.set_exception(closed)
-                future.exception()
+        self._reject_waiters(beyond=self._submitted)
         self.close(CloseCode.POLICY_VIOLATION, "slow consumer")
         return False
 
@@ -619,12 +621,7 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
             self._sock = None
         elif self.stream is not None and not self.stream.closed():
             self.stream.close()
-        closed = tornado.websocket.WebSocketClosedError()
-        while self._waiters:
-            future = self._waiters.popleft()[1]
-            if not future.done():
-                future.set_exception(closed)
-                future.exception()  # a caller that never awaits it is not an error
+        self._reject_waiters()
         self._queue.clear()
         self._stats.outgoing_bytes -= self._queued
         self._queued = 0
