@@ -217,6 +217,7 @@ def test_page_resumes_after_a_lost_connection(context: Any, server: Server) -> N
     bob = open_chat(context, server, "away", "bob")
     say(ann, "before")
     expect(lines(bob).locator(".text")).to_have_text(["before"])
+    expect(lines(ann).locator(".text")).to_have_text(["before"])  # back: since= is after it
     # Drop ann's connection, with a reconnect delay long enough for bob to talk meanwhile.
     ann.evaluate("window.tornwsChat.minDelay = 4000; window.tornwsChat.socket.close()")
     expect(ann.locator("#status")).to_have_attribute("data-status", "reconnecting")
