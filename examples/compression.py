@@ -3,10 +3,14 @@
     python examples/compression.py [PORT]
     tornws client --compress ws://127.0.0.1:8765/
 
-The seed said compression needs another framework; it does not. Tornado
-negotiates permessage-deflate when the handler returns compression options;
-tornws takes them as the `compression` handler option. `compression_level`
-trades CPU for size; `mem_level` (1-9) trades memory for ratio.
+The seed said compression needs another framework; it does not. tornws
+negotiates permessage-deflate when a handler has the `compression` option.
+`compression_level` trades CPU for size; `mem_level` (1-9) and
+`server_max_window_bits` (9-15, declared to the client) trade memory for ratio;
+`client_max_window_bits` bounds the client's window when its offer allows;
+`server_no_context_takeover` compresses each message on its own (no compressor
+kept per connection; a broadcast is compressed once). See the README's
+"Compression" section.
 """
 
 import asyncio
@@ -23,7 +27,7 @@ class EchoHandler(tornws.WebSocketHandler):
 
 
 async def main(port=8765):
-    options = {"compression": {"compression_level": 6, "mem_level": 5}}
+    options = {"compression": {"compression_level": 6, "server_max_window_bits": 10}}
     app = tornado.web.Application([(r"/", EchoHandler, options)])
     app.listen(port, "127.0.0.1")
     print(f"compressing echo server on ws://127.0.0.1:{port}/", flush=True)

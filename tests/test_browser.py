@@ -308,3 +308,55 @@ def test_page_loads_nothing_from_elsewhere_and_runs_no_inline_script(
     )
     page.wait_for_timeout(200)
     assert page.evaluate("window.ran") is None
+
+
+#: Two sockets on /broadcast: one says "ready", then three compressible lines; the other
+#: returns what it got and the extension both negotiated.
+BROADCAST_JS = """async () => {
+  const open = () => new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://${location.host}/broadcast`);
+    ws.onopen = () => resolve(ws);
+    ws.onerror = () => reject(new Error("websocket failed"));
+  });
+  const receive = (ws, count) => new Promise((resolve) => {
+    const seen = [];
+    ws.onmessage = (event) => { seen.push(event.data); if (seen.length === count) resolve(seen); };
+  });
+  const sender = await open(), receiver = await open();
+  const ready = receive(receiver, 1);
+  sender.send("ready");
+  await ready;
+  const text = "compressible chat line ".repeat(400);
+  const lines = receive(receiver, 3);
+  for (let i = 0; i < 3; i++) sender.send(`${i} ${text}`);
+  const got = await lines;
+  const ok = got.every((line, i) => line === `${i} ${text}`);
+  sender.close(); receiver.close();
+  return {extensions: [sender.extensions, receiver.extensions], ok};
+}"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("context", "permessage-deflate; client_max_window_bits=12; server_max_window_bits=12"),
+        (
+            "shared",
+            "permessage-deflate; client_max_window_bits=12; server_max_window_bits=12; "
+            "server_no_context_takeover",
+        ),
+    ],
+)
+def test_chromium_negotiates_deflate_in_both_modes(context: Any, mode: str, expected: str) -> None:
+    """`tornws serve --compress [shared]`: Chromium's offer is answered with the 12-bit
+    windows (and no server context takeover in shared mode); broadcasts arrive intact."""
+    port = free_port()
+    server = Server([*tornws_command("serve", "--port", str(port)), "--compress", mode], port)
+    try:
+        page = context.new_page()
+        page.goto(f"{base(server)}/")
+        result = page.evaluate(BROADCAST_JS)
+        assert result == {"extensions": [expected, expected], "ok": True}
+        assert context.errors == []
+    finally:
+        assert server.stop()[0] == 0

@@ -61,7 +61,8 @@ class TestDefaults:
         connection = await ws_connect(f"{ws_url}/custom", compression_options={})
         assert await recv(connection) == (
             '{"max_message_size": 10, "ping_interval": 20.0, "ping_timeout": 20.0, '
-            '"compression": {"compression_level": 1, "mem_level": 5}}'
+            '"compression": {"compression_level": 1, "mem_level": 5, '
+            '"server_max_window_bits": 12, "client_max_window_bits": 12}}'
         )
 
     @pytest.mark.gen_test

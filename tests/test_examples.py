@@ -119,7 +119,8 @@ def test_example_compression(start_example: Any) -> None:
     server = start_example("compression")
     with connect(f"{server.url}/", open_timeout=TIMEOUT) as ws:
         assert ws.response is not None
-        assert "permessage-deflate" in ws.response.headers["Sec-WebSocket-Extensions"]
+        answer = ws.response.headers["Sec-WebSocket-Extensions"]
+        assert answer == "permessage-deflate; client_max_window_bits=12; server_max_window_bits=10"
         ws.send("z" * 10000)
         assert ws.recv(TIMEOUT) == "z" * 10000
     result = run(tornws_command("client", "--compress", f"{server.url}/"), stdin="squeeze\n")

@@ -162,3 +162,59 @@ def test_registry_guest_names_count_up() -> None:
     """Generated names are guest-1, guest-2, … per registry."""
     registry = Registry()
     assert [registry.next_guest_name() for _ in range(3)] == ["guest-1", "guest-2", "guest-3"]
+
+
+class Upper:
+    """A codec: the payload upper-cased, ``None`` for payloads that are not ``str``."""
+
+    def encode(self, envelope: Envelope) -> Any:
+        return envelope.payload.upper() if isinstance(envelope.payload, str) else None
+
+
+class Direct:
+    """A member with the shortcut: the registry sends to it without calling ``deliver``."""
+
+    def __init__(self, name: str, codec: Any, fail: bool = False) -> None:
+        self.name = name
+        self.codec = codec
+        self.fail = fail
+        self.received: list[object] = []
+
+    def direct_delivery(self) -> tuple[Any, Any]:
+        return self.codec, self
+
+    def send_message(self, message: object) -> bool:
+        if self.fail:
+            raise RuntimeError(f"{self.name} broke")
+        self.received.append(message)
+        return True
+
+    def deliver(self, envelope: Envelope) -> None:  # pragma: no cover - must not be called
+        raise AssertionError("deliver called despite direct_delivery")
+
+    def __repr__(self) -> str:
+        return f"<Direct {self.name}>"
+
+
+def test_registry_direct_members_get_one_encoding_per_codec(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Members offering direct_delivery get envelope.encode(codec), encoded once per codec;
+    one that raises is logged and removed, the ones after it still receive; plain members
+    are called as before; a codec answering None sends nothing."""
+    registry = Registry()
+    upper, other = Upper(), Upper()
+    direct = [Direct(f"d{i}", upper, fail=(i == 2)) for i in range(5)]
+    second = Direct("e", other)
+    plain = Member("plain")
+    for member in [*direct, second, plain]:
+        registry.join("r", member)
+    with caplog.at_level(logging.ERROR, logger="tornws.registry"):
+        assert registry.deliver(Envelope("r", 1, "hi")) == 6
+    assert "d2 broke" in caplog.text and "removed from the room" in caplog.text
+    assert direct[2] not in registry.members("r")
+    for member in [*direct[:2], *direct[3:], second]:
+        assert member.received == ["HI"]
+    assert plain.received == ["hi"]
+    registry.deliver(Envelope("r", 2, 42))  # Upper gives None: the direct members get nothing
+    assert direct[0].received == ["HI"] and plain.received == ["hi", 42]

@@ -39,12 +39,23 @@ class VersionedHandler(tornws.WebSocketHandler):
         self.write_message(f"speaking {self.selected_subprotocol}")
 
 
+class QuietHandler(tornws.BroadcastHandler):
+    """Overrides deliver (skips messages that start with "#"): it must be called for each."""
+
+    def deliver(self, envelope: tornws.Envelope) -> None:
+        message = envelope.payload
+        if not (isinstance(message, tornws.Message) and message.payload.startswith(b"#")):
+            super().deliver(envelope)
+
+
 @pytest.fixture
 def app(registry: tornws.Registry) -> Any:
     return tornado.web.Application(
         [
             (r"/greet", GreeterHandler, {"greeting": "hello"}),
             (r"/api", VersionedHandler),
+            (r"/quiet", QuietHandler, {"room": "mixed"}),
+            (r"/loud", tornws.BroadcastHandler, {"room": "mixed"}),
         ],
         **{"tornws.registry": registry},
     )
@@ -116,3 +127,20 @@ async def test_refusals_are_logged_with_a_reason(
     await tornado.httpclient.AsyncHTTPClient().fetch(f"{http_url}/greet", raise_error=False)
     assert "status=403 reason=\"origin 'http://other.example' not allowed\"" in caplog.text
     assert "status=400 reason='not a WebSocket upgrade request'" in caplog.text
+
+
+@pytest.mark.gen_test
+async def test_an_overridden_deliver_is_called_beside_the_fast_path(
+    ws_url: str, ws_connect: Any
+) -> None:
+    """In one room, plain BroadcastHandlers (delivered directly by the registry) and a
+    subclass that filters in deliver(): each gets what its class says."""
+    quiet = await ws_connect(f"{ws_url}/quiet")
+    loud = await ws_connect(f"{ws_url}/loud")
+    await loud.write_message("ready")  # both are members once it comes back to both
+    assert await recv(loud) == "ready"
+    assert await recv(quiet) == "ready"
+    for text in ("#hidden", "shown"):
+        await loud.write_message(text)
+    assert [await recv(loud), await recv(loud)] == ["#hidden", "shown"]
+    assert await recv(quiet) == "shown"

@@ -14,9 +14,10 @@ from typing import Any
 import tornado.web
 from tornado.routing import URLSpec
 
+from . import deflate
 from .auth import log_request
 from .chat import ROOM_PATTERN
-from .handlers import BroadcastHandler, ChatHandler, EchoHandler
+from .handlers import DEFAULT_COMPRESSION, BroadcastHandler, ChatHandler, EchoHandler
 from .metrics import MetricsHandler
 from .page import STATIC_DIR, ChatPageHandler, StaticHandler
 from .registry import Registry
@@ -47,6 +48,8 @@ def routes(
             :mod:`tornws.handlers`).
     """
     prefix = _check_prefix(prefix)
+    if options.get("compression") is not None:  # a bad setting fails here, not per request
+        deflate.check_options({**DEFAULT_COMPRESSION, **options["compression"]})
     kwargs = dict(options, registry=registry)
     specs = [
         URLSpec(f"{prefix}/echo", EchoHandler, kwargs, name="tornws.echo"),

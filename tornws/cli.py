@@ -111,8 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--compress",
-        action="store_true",
-        help="offer permessage-deflate to clients that ask for it",
+        nargs="?",
+        const="context",
+        choices=("context", "shared"),
+        help="accept permessage-deflate (12-bit windows, level 1): a compressor per "
+        "connection (context, the default), or 'shared': each message compressed on its "
+        "own, so a broadcast is compressed once for all (server_no_context_takeover)",
     )
     serve.add_argument(
         "--max-outgoing",
@@ -259,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also broadcast across two tornws processes on one redis-server (needs "
         "redis-server and tornws[redis]): deliveries/s and send → last-receiver latency",
     )
+    bench.add_argument(
+        "--deflate",
+        action="store_true",
+        help="also permessage-deflate: memory per connection and 1 KiB chat broadcasts on "
+        "tornws (a compressor per connection, and shared mode) and the asyncio version",
+    )
     bench.add_argument("--name", default="custom", help="the --url server's name in the table")
     bench.add_argument(
         "--asyncio-server",
@@ -303,7 +313,9 @@ def _serve(args: argparse.Namespace) -> int:
             options["max_message_size"] = args.max_message_size
         if args.max_outgoing is not None:
             options["max_outgoing"] = args.max_outgoing
-        if args.compress:
+        if args.compress == "shared":
+            options["compression"] = {"server_no_context_takeover": True}
+        elif args.compress:
             options["compression"] = {}
         app = make_app(registry=_registry(args.broker), handler_options=options)
     if args.max_connections is not None:

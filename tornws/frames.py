@@ -19,6 +19,7 @@ import enum
 import struct
 from typing import Callable, Protocol, Union
 
+from . import deflate
 from .exceptions import ProtocolError
 
 _c_mask: Callable[[bytes, bytes], bytes] | None
@@ -117,7 +118,7 @@ class Message:
             binary one.
     """
 
-    __slots__ = ("_header", "binary", "frame")
+    __slots__ = ("_deflated", "_header", "binary", "frame")
 
     def __init__(self, data: Data | bytearray | memoryview) -> None:
         if isinstance(data, str):
@@ -129,6 +130,21 @@ class Message:
         #: The whole uncompressed server frame: what every receiver is sent.
         self.frame: bytes = encode_frame(Opcode.BINARY if self.binary else Opcode.TEXT, payload)
         self._header = len(self.frame) - len(payload)
+        self._deflated: dict[tuple[int, int, int], bytes] | None = None
+
+    def deflated(self, level: int, wbits: int, mem_level: int) -> bytes:
+        """The frame compressed on its own (permessage-deflate, no context takeover),
+        computed once per setting: what every receiver with that setting is sent."""
+        key = (level, wbits, mem_level)
+        cache = self._deflated
+        if cache is None:
+            cache = self._deflated = {}
+        frame = cache.get(key)
+        if frame is None:
+            opcode = Opcode.BINARY if self.binary else Opcode.TEXT
+            payload = deflate.compress(self.payload, level, wbits, mem_level)
+            frame = cache[key] = encode_frame(opcode, payload, rsv1=True)
+        return frame
 
     @property
     def payload(self) -> bytes:

@@ -57,7 +57,7 @@ from typing import Any, Callable, ClassVar
 import tornado.web
 import tornado.websocket
 
-from . import chat
+from . import chat, deflate
 from .auth import TicketError, Tickets
 from .broker import Envelope
 from .exceptions import HandshakeError
@@ -106,7 +106,12 @@ READY_TIMEOUT = 2.0
 #: level 1 against 12.9 s at Tornado's level 6, for chat-sized JSON 2.3 µs
 #: against 3.4 µs per message at the same ratio (0.106 vs 0.105). Memory level 5
 #: (as the websockets library): 16 KiB of hash table per compressor instead of 128.
-DEFAULT_COMPRESSION = {"compression_level": 1, "mem_level": 5}
+DEFAULT_COMPRESSION = {
+    "compression_level": 1,
+    "mem_level": 5,
+    "server_max_window_bits": 12,
+    "client_max_window_bits": 12,
+}
 
 # Connection ids: unique within the process, and across processes with high
 # probability (for brokers that span processes).
@@ -205,6 +210,8 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         if slow_consumer not in SLOW_CONSUMER_POLICIES:
             raise ValueError(f"slow_consumer must be 'close' or 'drop', not {slow_consumer!r}")
         self._registry = registry
+        if compression is not None:
+            deflate.check_options({**DEFAULT_COMPRESSION, **compression})
         self._compression = compression
         self._origins = frozenset(origins)
         self._max_message_size = max_message_size
@@ -476,6 +483,15 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
                 connection.send_message(message)
             else:
                 self.send(message)
+
+    def direct_delivery(self) -> tuple[Any, Protocol] | None:
+        """The registry's shortcut (see :mod:`tornws.registry`): ``(codec, protocol)``
+        while ``deliver`` is this class's and the connection runs on tornws's data
+        plane, else ``None`` (``deliver`` is called)."""
+        connection = self.ws_connection
+        if type(self).deliver is WebSocketHandler.deliver and type(connection) is Protocol:
+            return self.codec, connection
+        return None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.request.path} id={self.connection_id}>"

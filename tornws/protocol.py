@@ -43,6 +43,7 @@ from typing import Any
 import tornado.escape
 import tornado.websocket
 
+from . import deflate
 from .exceptions import ProtocolError
 from .frames import CloseCode, Message, Opcode, Reader, encode_close, encode_frame
 from .stats import Stats
@@ -117,33 +118,79 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         protocol._idle_timeout = getattr(handler, "idle_timeout", None)
         return protocol
 
-    #: Bytes that may wait for a slow receiver before its policy applies (0: no bound).
-    max_outgoing = 0
-    #: The slow-consumer policy: skip this receiver's messages over the bound
-    #: (``True``), or close the connection with 1008 (``False``).
-    drop_when_slow = False
-    _stats = _UNCOUNTED
-    # Inbound rate limit (token bucket; off when _rate is None) and idle timeout.
-    _rate: float | None = None
-    _burst = _tokens = 0.0
-    _refilled_at = 0.0
-    _idle_timeout: float | None = None
-    _idle_timer: asyncio.TimerHandle | None = None
-    _last_in = 0.0
+    # The per-delivery fields live in slots, inline in the object: a fan-out to
+    # thousands touches one or two cache lines per receiver, not a dict's.
+    __slots__ = (  # noqa: RUF023 (the order is the layout)
+        # Read on every delivery: first, so that they share cache lines.
+        "server_terminated",
+        "_finished",
+        "_queued",
+        "max_outgoing",
+        "_compressor",
+        "_shared_deflate",
+        "messages_out",
+        "_sock",
+        "_sent",
+        "_waiters",
+        # The rest.
+        "client_terminated",
+        "drop_when_slow",
+        "_stats",
+        "_fd",
+        "_loop",
+        "_reader",
+        "_queue",
+        "_held",
+        "_held_size",
+        "_done",
+        "_writing",
+        "_close_after_flush",
+        "_close_timer",
+        "_ping_timer",
+        "_opened",
+        "_handled",
+        "_ping_sent_at",
+        "_last_ping",
+        "_rate",
+        "_burst",
+        "_tokens",
+        "_refilled_at",
+        "_idle_timeout",
+        "_idle_timer",
+        "_last_in",
+        "messages_in",
+        "bytes_in",
+    )
 
     def __init__(self, handler: Any, mask_outgoing: bool, params: Any) -> None:
+        #: Bytes that may wait for a slow receiver before its policy applies (0: no bound).
+        self.max_outgoing = 0
+        #: The slow-consumer policy: skip this receiver's messages over the bound
+        #: (``True``), or close the connection with 1008 (``False``).
+        self.drop_when_slow = False
+        self._stats = _UNCOUNTED
+        # Inbound rate limit (token bucket; off when _rate is None) and idle timeout.
+        self._rate: float | None = None
+        self._burst = self._tokens = 0.0
+        self._refilled_at = 0.0
+        self._idle_timeout: float | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._last_in = 0.0
+        # (level, window bits, memory level) when permessage-deflate runs without
+        # server context takeover: a broadcast is then compressed once for all.
+        self._shared_deflate: tuple[int, int, int] | None = None
         super().__init__(handler, mask_outgoing, params)
         self._sock: socket.socket | None = None
         self._fd = -1
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: Reader | None = None
         self._queue: collections.deque[memoryview] = collections.deque()
+        self._queued = 0  # bytes in _queue
+        self._sent = 0  # bytes the kernel took, ever (given to _send, ever: + _queued)
         self._held: list[bytes] | None = None  # frames held by the current _Batch
         self._held_size = 0
-        self._queued = 0  # bytes in _queue
-        self._submitted = 0  # bytes given to _send, ever
-        self._sent = 0  # bytes the kernel took, ever
-        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        # Write futures, with the byte count after which each is done (None: none).
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] | None = None
         self._done: asyncio.Future[None] | None = None
         self._writing = False  # a writer callback is registered
         self._finished = False  # socket closed, handler told
@@ -158,6 +205,36 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         self.messages_in = 0
         self.messages_out = 0
         self.bytes_in = 0
+
+    # permessage-deflate: tornws answers the offer (tornws.deflate), Tornado builds
+    # the compressors from that answer and sends it.
+
+    def _parse_extensions_header(self, headers: Any) -> list[tuple[str, dict[str, Any]]]:
+        options = self._compression_options
+        if options is None:
+            return []
+        for name, offer in deflate.parse_offers(headers.get("Sec-WebSocket-Extensions", "")):
+            if name == "permessage-deflate":
+                answer = deflate.negotiate(offer, options)
+                if answer is not None:
+                    return [(name, answer)]
+                log.info("declined a permessage-deflate offer: %s", offer)
+        return []
+
+    def _create_compressors(
+        self,
+        side: str,
+        agreed_parameters: dict[str, Any],
+        compression_options: dict[str, Any] | None = None,
+    ) -> None:
+        super()._create_compressors(side, agreed_parameters, compression_options)
+        if "server_no_context_takeover" in agreed_parameters:
+            options = compression_options or {}
+            self._shared_deflate = (
+                options.get("compression_level", 6),
+                int(agreed_parameters.get("server_max_window_bits") or 15),
+                options.get("mem_level", 8),
+            )
 
     # Taking over from Tornado
 
@@ -368,19 +445,35 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         """Queue ``message`` (its shared frame unless compressing); ``False`` if closing.
 
         The fan-out hot path: when nothing is queued, the frame goes straight to
-        the socket, with no allocation.
+        the socket (``_send``, inlined), with no allocation.
         """
         if self.server_terminated or self._finished:
             return False
-        if self._queued and self._queued + len(message) > self.max_outgoing > 0:
+        queued = self._queued
+        if queued and queued + len(message) > self.max_outgoing > 0:
             return self._slow()  # before compressing: the peer's deflate context must not skip
         if self._compressor is None:
-            self._send(message.frame)
+            frame = message.frame
+        elif self._shared_deflate is not None:
+            frame = message.deflated(*self._shared_deflate)
         else:
             opcode = Opcode.BINARY if message.binary else Opcode.TEXT
-            payload = self._compressor.compress(message.payload)
-            self._send(encode_frame(opcode, payload, rsv1=True))
+            frame = encode_frame(opcode, self._compressor.compress(message.payload), rsv1=True)
         self.messages_out += 1
+        sock = self._sock
+        if queued or sock is None or _batch.active:
+            self._send(frame)
+            return True
+        try:
+            sent = sock.send(frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._abort()
+            return True
+        self._sent += sent
+        if sent < len(frame) or self._waiters is not None:
+            self._after_send(frame, sent)
         return True
 
     def write_message(
@@ -412,14 +505,17 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
     def _write_future(self) -> asyncio.Future[None]:
         """Done now if nothing is queued; else done once the kernel took this write."""
         assert self._loop is not None
-        if self._sent == self._submitted and self._held is None:
+        if not self._queued and self._held is None:
             done = self._done
             if done is None:
                 done = self._done = self._loop.create_future()
                 done.set_result(None)
             return done
         future = self._loop.create_future()
-        self._waiters.append((self._submitted + self._held_size, future))
+        waiters = self._waiters
+        if waiters is None:
+            waiters = self._waiters = collections.deque()
+        waiters.append((self._sent + self._queued + self._held_size, future))
         return future
 
     def _send(self, frame: bytes, hold: bool = True) -> None:
@@ -434,9 +530,8 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
                 held.append(frame)
             self._held_size += len(frame)
             return
-        self._submitted += len(frame)
         sock = self._sock
-        if self._queue or sock is None:
+        if self._queued or sock is None:
             self._queue.append(memoryview(frame))
             self._queued += len(frame)
             self._stats.outgoing_bytes += len(frame)
@@ -449,31 +544,44 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
             self._abort()
             return
         self._sent += sent
+        if sent < len(frame) or self._waiters is not None:
+            self._after_send(frame, sent)
+
+    def _after_send(self, frame: bytes, sent: int) -> None:
+        """Queue what the kernel did not take of ``frame``, or resolve write futures."""
         if sent < len(frame):
             self._queue.append(memoryview(frame)[sent:])
             self._queued += len(frame) - sent
             self._stats.outgoing_bytes += len(frame) - sent
             self._start_writing()
-        elif self._waiters:
+        else:
             self._resolve_waiters()
 
     def _resolve_waiters(self) -> None:
         waiters = self._waiters
+        if waiters is None:
+            return
         while waiters and waiters[0][0] <= self._sent:
             future = waiters.popleft()[1]
             if not future.done():
                 future.set_result(None)
+        if not waiters:
+            self._waiters = None
 
     def _reject_waiters(self, beyond: int = -1) -> None:
         """Fail the write futures of bytes past ``beyond`` (all by default): they will
         not be sent."""
         closed = tornado.websocket.WebSocketClosedError()
         waiters = self._waiters
+        if waiters is None:
+            return
         while waiters and waiters[-1][0] > beyond:
             future = waiters.pop()[1]
             if not future.done():
                 future.set_exception(closed)
                 future.exception()  # a caller that never awaits it is not an error
+        if not waiters:
+            self._waiters = None
 
     def _uncork(self) -> None:
         """Send what the batch held for this connection, in one piece."""
@@ -556,9 +664,8 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         if kept is not None:
             queue.append(kept)
         self._queued -= shed
-        self._submitted -= shed
         self._stats.outgoing_bytes -= shed
-        self._reject_waiters(beyond=self._submitted)
+        self._reject_waiters(beyond=self._sent + self._queued)
         self.close(CloseCode.POLICY_VIOLATION, "slow consumer")
         return False
 
@@ -577,7 +684,7 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         self._cancel_ping()
         if self.client_terminated:
             self._stop_reading()
-            if self._queue or self._sock is None:
+            if self._queued or self._sock is None:
                 self._close_after_flush = True
                 self._start_writing()
             else:

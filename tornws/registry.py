@@ -13,6 +13,14 @@ Guarantees:
   other members still receive the message.
 - ``leave_all`` removes a member from every room; tornws's handlers call it when
   their connection closes.
+
+A member may also offer a shortcut, ``direct_delivery() -> (codec, sender)``,
+meaning "my ``deliver`` sends ``envelope.encode(codec)`` to
+``sender.send_message`` when it is not ``None``, nothing else". The registry then
+encodes once per codec and calls the senders in a plain loop, without a call to
+``deliver`` per member (tornws's handlers offer it unless a subclass overrides
+``deliver``). It is asked when the member joins: the answer must hold while the
+member stays in the room.
 """
 
 from __future__ import annotations
@@ -20,12 +28,13 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from .broker import Broker, Envelope, MemoryBroker
+from .broker import Broker, Codec, Envelope, MemoryBroker
+from .frames import Message
 from .stats import Stats
 
-__all__ = ["Connection", "Member", "Registry"]
+__all__ = ["Connection", "Member", "Registry", "Sender"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,42 @@ class Member(Protocol):
 
     def deliver(self, envelope: Envelope, /) -> None:
         """Receive one published message. Must not block; may raise (it is then removed)."""
+
+
+class Sender(Protocol):
+    """What a direct delivery sends to (:class:`tornws.protocol.Protocol` is one)."""
+
+    def send_message(self, message: Message, /) -> bool: ...
+
+
+class _Plan(NamedTuple):
+    """How to deliver to one room, computed when its membership changes."""
+
+    members: tuple[Member, ...]
+    #: (codec, senders, their members): delivered without calling ``deliver``.
+    direct: tuple[tuple[Codec, tuple[Sender, ...], tuple[Member, ...]], ...]
+    #: The members that get ``deliver(envelope)``.
+    others: tuple[Member, ...]
+
+
+def _plan(members: tuple[Member, ...]) -> _Plan:
+    groups: dict[Codec, tuple[list[Sender], list[Member]]] = {}
+    others: list[Member] = []
+    for member in members:
+        direct = getattr(member, "direct_delivery", None)
+        target = direct() if direct is not None else None
+        if target is None:
+            others.append(member)
+            continue
+        codec, sender = target
+        senders, owners = groups.setdefault(codec, ([], []))
+        senders.append(sender)
+        owners.append(member)
+    return _Plan(
+        members,
+        tuple((codec, tuple(s), tuple(o)) for codec, (s, o) in groups.items()),
+        tuple(others),
+    )
 
 
 class Connection(Protocol):
@@ -58,7 +103,7 @@ class Registry:
         self.broker = broker if broker is not None else MemoryBroker()
         self.broker.attach(self.deliver)
         self._rooms: dict[str, set[Member]] = {}
-        self._snapshots: dict[str, tuple[Member, ...]] = {}
+        self._plans: dict[str, _Plan] = {}
         self._memberships: dict[Member, set[str]] = {}
         self._guests = itertools.count(1)
         #: Every open tornws connection of the application (for shutdown and counts).
@@ -98,7 +143,7 @@ class Registry:
         elif member in members:
             return False
         members.add(member)
-        self._snapshots.pop(room, None)
+        self._plans.pop(room, None)
         self._memberships.setdefault(member, set()).add(room)
         return True
 
@@ -108,7 +153,7 @@ class Registry:
         if members is None or member not in members:
             return False
         members.discard(member)
-        self._snapshots.pop(room, None)
+        self._plans.pop(room, None)
         rooms = self._memberships[member]
         rooms.discard(room)
         if not rooms:
@@ -127,13 +172,17 @@ class Registry:
 
     def members(self, room: str) -> tuple[Member, ...]:
         """The local members of ``room`` (an immutable snapshot)."""
-        snapshot = self._snapshots.get(room)
-        if snapshot is None:
+        plan = self._plan(room)
+        return plan.members if plan is not None else ()
+
+    def _plan(self, room: str) -> _Plan | None:
+        plan = self._plans.get(room)
+        if plan is None:
             members = self._rooms.get(room)
             if not members:
-                return ()
-            snapshot = self._snapshots[room] = tuple(members)
-        return snapshot
+                return None
+            plan = self._plans[room] = _plan(tuple(members))
+        return plan
 
     def rooms(self) -> list[str]:
         """The rooms that have local members, sorted."""
@@ -162,26 +211,50 @@ class Registry:
         Called by the broker. Each member receives the same envelope object, so
         an encoding computed by one (``envelope.encode(codec)``) serves all.
         """
-        members = self.members(envelope.room)
-        if not members:
+        plan = self._plan(envelope.room)
+        if plan is None:
             return 0
         started = time.perf_counter()
         failed: list[Member] = []
-        for member in members:
+        for codec, senders, owners in plan.direct:
+            try:
+                message = envelope.encode(codec)
+            except Exception:
+                self._failed(owners, envelope, failed)
+                continue
+            if message is None:
+                continue
+            count = len(senders)
+            start = 0
+            while start < count:  # a plain loop; after a failure, on from the next one
+                index = start
+                try:
+                    for index in range(start, count):
+                        senders[index].send_message(message)
+                    break
+                except Exception:
+                    self._failed((owners[index],), envelope, failed)
+                    start = index + 1
+        for member in plan.others:
             try:
                 member.deliver(envelope)
             except Exception:
-                log.exception(
-                    "%r raised while receiving offset %d of room %r; removed from the room",
-                    member,
-                    envelope.offset,
-                    envelope.room,
-                )
-                failed.append(member)
+                self._failed((member,), envelope, failed)
         self.stats.fanout_seconds.observe(time.perf_counter() - started)
         for member in failed:
             self.leave(envelope.room, member)
-        return len(members) - len(failed)
+        return len(plan.members) - len(failed)
+
+    @staticmethod
+    def _failed(members: tuple[Member, ...], envelope: Envelope, failed: list[Member]) -> None:
+        for member in members:
+            log.exception(
+                "%r raised while receiving offset %d of room %r; removed from the room",
+                member,
+                envelope.offset,
+                envelope.room,
+            )
+            failed.append(member)
 
     # Connections
 
