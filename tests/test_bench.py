@@ -19,13 +19,19 @@ from processes import run, tornws_command
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, dict[str, object], Path]:
-    """One `tornws bench --quick --json --plot` run, shared by the tests below."""
+    """One `tornws bench --quick --deflate --json --plot` run, shared by the tests below."""
     pytest.importorskip("picows", reason="tornws bench needs the bench extra (picows)")
     pytest.importorskip("matplotlib", reason="--plot needs the plot extra (matplotlib)")
     folder = tmp_path_factory.mktemp("bench")
     result = run(
         tornws_command(
-            "bench", "--quick", "--json", str(folder / "r.json"), "--plot", str(folder / "r.png")
+            "bench",
+            "--quick",
+            "--deflate",
+            "--json",
+            str(folder / "r.json"),
+            "--plot",
+            str(folder / "r.png"),
         ),
         timeout=120,
     )
@@ -36,7 +42,14 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, dict[str,
 def test_bench_quick_checks_every_server(quick: tuple[str, str, dict, Path]) -> None:  # type: ignore[type-arg]
     """Each subject passed the correctness checks: boundary sizes, text vs binary, broadcast."""
     stdout, _, data, _ = quick
-    assert set(data["subjects"]) == {"tornws", "asyncio", "raw-tornado"}
+    assert set(data["subjects"]) == {
+        "tornws",
+        "asyncio",
+        "raw-tornado",
+        "tornws+deflate",
+        "tornws+shared",
+        "asyncio+deflate",
+    }
     for name, subject in data["subjects"].items():
         assert subject["error"] is None, name
         assert subject["checks"] == [
@@ -51,12 +64,21 @@ def test_bench_quick_checks_every_server(quick: tuple[str, str, dict, Path]) -> 
 
 
 def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> None:  # type: ignore[type-arg]
-    """Every workload produced units, server CPU and (but memory) latencies for every subject."""
+    """Every workload produced units, server CPU and (but memory) latencies for every subject
+    of its kind: the deflate lines on the --deflate subjects, the others on the rest."""
     _, stderr, data, _ = quick
     names = [w["name"] for w in data["workloads"]]
-    assert len(names) == 10
-    for subject in data["subjects"].values():
-        for name in names:
+    assert len(names) == 13
+    deflate = [w["name"] for w in data["workloads"] if w["baseline"] == "asyncio+deflate"]
+    assert deflate == [
+        "deflate memory ×100",
+        "deflate broadcast 100 paced 1 KiB",
+        "deflate broadcast 100 burst 1 KiB",
+    ]
+    for subject_name, subject in data["subjects"].items():
+        mine = deflate if subject_name.endswith(("+deflate", "+shared")) else names[:10]
+        assert sorted(subject["results"]) == sorted(mine), subject_name
+        for name in mine:
             result = subject["results"][name]
             assert result["units"] > 0
             if result["unit"] == "connection":
@@ -65,7 +87,11 @@ def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> 
                 assert result["server_cpu_s"] > 0 and result["cpu_us_per_unit"] > 0
                 assert result["p50_ms"] is not None and result["p99_ms"] >= result["p50_ms"]
         assert math.isclose(data["subjects"]["asyncio"]["results"][names[1]]["ratio_to_asyncio"], 1)
-    assert stderr.count("] tornws: ") == len(names)  # one progress line per workload
+    assert math.isclose(
+        data["subjects"]["asyncio+deflate"]["results"][deflate[1]]["ratio_to_asyncio"], 1
+    )
+    assert stderr.count("] tornws: ") == 10  # one progress line per workload
+    assert stderr.count("] tornws+shared: ") == 3
 
 
 def test_bench_quick_table_and_plot(quick: tuple[str, str, dict, Path]) -> None:  # type: ignore[type-arg]
@@ -73,6 +99,7 @@ def test_bench_quick_table_and_plot(quick: tuple[str, str, dict, Path]) -> None:
     stdout, _, data, folder = quick
     assert "server pinned to CPU" in stdout and "ratio = figure / asyncio's" in stdout
     assert "| workload | tornws | asyncio | raw-tornado |" in stdout
+    assert "| workload | tornws+deflate | tornws+shared | asyncio+deflate |" in stdout
     assert data["machine"]["python"] == ".".join(map(str, sys.version_info[:3]))
     assert (folder / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -83,6 +110,7 @@ def test_bench_full_plan_matches_the_issue() -> None:
     assert full.broadcast_sizes == (1000, 5000)
     assert full.handshakes == 2000 and full.idle_connections == 5000
     assert full.scale == 0 and plan(quick=False, scale=True).scale == 10_000
+    assert full.deflate == 0 and plan(quick=False, deflate=True).deflate == 1000
 
 
 def test_bench_refuses_non_loopback_url() -> None:
@@ -99,8 +127,16 @@ def test_bench_ratio_is_relative_to_asyncio() -> None:
     def m(cpu: float) -> Measurement:
         return Measurement("delivery", units=1000, seconds=1.0, server_cpu=cpu)
 
-    fake = {"subjects": {"asyncio": {"results": {"w": m(0.01)}}, "x": {"results": {"w": m(0.02)}}}}
+    fake = {
+        "workloads": [{"name": "w"}, {"name": "d", "baseline": "asyncio+deflate"}],
+        "subjects": {
+            "asyncio": {"results": {"w": m(0.01)}},
+            "asyncio+deflate": {"results": {"d": m(0.04)}},
+            "x": {"results": {"w": m(0.02), "d": m(0.02)}},
+        },
+    }
     assert report.ratio(fake, "x", "w") == pytest.approx(2.0)
+    assert report.ratio(fake, "x", "d") == pytest.approx(0.5)  # a deflate line: to its baseline
     assert math.isnan(report.ratio(fake, "x", "missing"))
 
 

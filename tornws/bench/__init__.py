@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -26,7 +27,10 @@ from typing import Any, TextIO
 
 from ..exceptions import ConfigError
 
-__all__ = ["Plan", "Workload", "machine", "main", "plan", "run"]
+__all__ = ["DEFLATE_BASELINE", "Plan", "Workload", "machine", "main", "plan", "run"]
+
+#: The baseline of the permessage-deflate workloads (``--deflate``).
+DEFLATE_BASELINE = "asyncio+deflate"
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class Workload:
     unit: str
     run: Callable[..., Any]  # (server, fanout) -> Measurement coroutine
     group: str = ""
+    #: The subject every ratio on this line is to.
+    baseline: str = "asyncio"
 
 
 @dataclass(frozen=True)
@@ -49,16 +55,24 @@ class Plan:
     idle_connections: int
     #: ``--scale``: one more paced broadcast, to this many receivers (0: none).
     scale: int = 0
+    #: ``--deflate``: the permessage-deflate workloads, with this many receivers (0: none).
+    deflate: int = 0
 
 
-def plan(quick: bool, scale: bool = False) -> Plan:
+def plan(quick: bool, scale: bool = False, deflate: bool = False) -> Plan:
     """The full plan (under 15 minutes here) or the quick one (under a minute, for CI).
 
-    ``scale`` adds a paced broadcast to 10,000 receivers (500 with ``quick``).
+    ``scale`` adds a paced broadcast to 10,000 receivers (500 with ``quick``);
+    ``deflate`` the permessage-deflate workloads, to 1000 receivers (100).
     """
     if quick:
-        return Plan(True, 0.3, (100, 200), (10, 10), 100, 200, 500 if scale else 0)
-    return Plan(False, 4.0, (1000, 5000), (200, 50), 2000, 5000, 10_000 if scale else 0)
+        return Plan(
+            True, 0.3, (100, 200), (10, 10), 100, 200, 500 if scale else 0, 100 if deflate else 0
+        )
+    return Plan(
+        False, 4.0, (1000, 5000), (200, 50), 2000, 5000, 10_000 if scale else 0,
+        1000 if deflate else 0,
+    )  # fmt: skip
 
 
 def _workloads(p: Plan) -> list[Workload]:
@@ -74,7 +88,39 @@ def _workloads(p: Plan) -> list[Workload]:
 
         return run
 
+    def chat(receivers: int, messages: int, paced: bool) -> Callable[..., Any]:
+        async def run(server: Any, fanout: load.Fanout) -> load.Measurement:
+            await fanout.grow(receivers)
+            return await fanout.run(messages, paced, chat=True)
+
+        return run
+
+    def deflate_memory(server: Any, fanout: load.Fanout) -> Any:
+        return load.deflate_memory(server, fanout, p.deflate)
+
     (small, large), (small_msgs, large_msgs) = p.broadcast_sizes, p.broadcast_messages
+    deflate = (
+        [
+            # Only the --deflate subjects run these (group "deflate"), memory first.
+            Workload(f"deflate memory ×{p.deflate}", "KiB/conn", deflate_memory, "deflate"),
+            Workload(
+                f"deflate broadcast {p.deflate} paced 1 KiB",
+                "delivery",
+                chat(p.deflate, small_msgs, True),
+                "deflate",
+            ),
+            Workload(
+                f"deflate broadcast {p.deflate} burst 1 KiB",
+                "delivery",
+                chat(p.deflate, small_msgs, False),
+                "deflate",
+            ),
+        ]
+        if p.deflate
+        else []
+    )
+    for i, workload in enumerate(deflate):
+        deflate[i] = dataclasses.replace(workload, baseline=DEFLATE_BASELINE)
     return [
         # First, on a fresh server: once other workloads have grown the heap, new
         # connections reuse freed memory and the RSS delta says nothing.
@@ -103,6 +149,7 @@ def _workloads(p: Plan) -> list[Workload]:
             lambda server, fanout: load.handshakes(server, p.handshakes),
             "handshake",
         ),
+        *deflate,
     ]
 
 
@@ -151,15 +198,17 @@ async def _run_subject(
     results: dict[str, Any] = {"checks": [], "results": {}, "error": None}
     try:
         results["checks"] = await load.check(running)
-        fanout = load.Fanout(running, verify=quick)
+        offer = getattr(subject, "offer", None)
+        fanout = load.Fanout(running, verify=quick, offer=offer)
         try:
             for workload in workloads:
-                if getattr(subject, "groups", None) and workload.group not in subject.groups:
+                groups = getattr(subject, "groups", ())
+                if workload.group not in groups if groups else workload.group == "deflate":
                     continue
                 progress(f"{subject.name}: {workload.name}")
-                if workload.group != "fanout" and fanout.clients:
+                if workload.group not in ("fanout", "deflate") and fanout.clients:
                     await fanout.close()
-                    fanout = load.Fanout(running, verify=quick)
+                    fanout = load.Fanout(running, verify=quick, offer=offer)
                 measurement = await workload.run(running, fanout)
                 results["results"][workload.name] = measurement
         finally:
@@ -173,13 +222,17 @@ async def _run_subject(
 
 
 async def run(
-    subjects: list[Any], quick: bool, progress: Callable[[str], None], scale: bool = False
+    subjects: list[Any],
+    quick: bool,
+    progress: Callable[[str], None],
+    scale: bool = False,
+    deflate: bool = False,
 ) -> dict[str, Any]:
     """Run every workload on every subject; return the report (see ``--json``)."""
     from .subjects import raise_open_files_limit
 
     limit = raise_open_files_limit()
-    p = plan(quick, scale)
+    p = plan(quick, scale, deflate)
     needed = max(*p.broadcast_sizes, p.scale) + 64
     if limit < needed:
         raise ConfigError(f"the open-files hard limit is {limit}; the bench needs {needed}")
@@ -191,7 +244,7 @@ async def run(
         "machine": machine(),
         "quick": quick,
         "pinning": {"server_cpu": cpus[0], "loadgen_cpu": cpus[1]},
-        "workloads": [{"name": w.name, "unit": w.unit} for w in workloads],
+        "workloads": [{"name": w.name, "unit": w.unit, "baseline": w.baseline} for w in workloads],
         "subjects": {},
     }
     for subject in subjects:
@@ -204,7 +257,7 @@ async def run(
 def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run the bench as the ``tornws bench`` command parsed ``args``; return the exit status."""
     from . import report as reporting
-    from .subjects import ASYNCIO_SERVER, Cluster, Subject, builtin_subjects
+    from .subjects import ASYNCIO_SERVER, Cluster, Subject, builtin_subjects, deflate_subjects
 
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
@@ -221,6 +274,10 @@ def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int
         if unknown:
             raise ConfigError(f"--only: unknown subject(s) {', '.join(sorted(unknown))}")
         subjects = [s for s in subjects if s.name in wanted or s.name == "asyncio"]
+    if args.deflate:
+        subjects += deflate_subjects(
+            Path(args.asyncio_server) if args.asyncio_server else ASYNCIO_SERVER
+        )
     if args.redis:
         try:
             import redis  # noqa: F401
@@ -244,7 +301,7 @@ def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int
         runner: Callable[[Any], Any] = uvloop.run
     except ImportError:
         runner = asyncio.run
-    report = runner(run(subjects, args.quick, progress, args.scale))
+    report = runner(run(subjects, args.quick, progress, args.scale, args.deflate))
     out.write(reporting.table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(reporting.jsonable(report), indent=2) + "\n")

@@ -8,8 +8,10 @@ window, and per-unit latencies. Every loop is bounded in count and in time.
 from __future__ import annotations
 
 import asyncio
+import random
 import statistics
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +28,7 @@ __all__ = [
     "Measurement",
     "check",
     "close_all",
+    "deflate_memory",
     "echo",
     "handshakes",
     "idle_memory",
@@ -223,6 +226,7 @@ class FanoutClient(WSListener):
         self.transport: WSTransport | None = None
         self.count = 0
         self.warm = False
+        self.inflater: Any = None  # permessage-deflate, only to verify
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -235,6 +239,13 @@ class FanoutClient(WSListener):
                 transport.disconnect()
             return
         fanout = self.fanout
+        payload = b""
+        if fanout.verify:  # (inflating every frame, warm-ups too: contexts carry over)
+            payload = frame.get_payload_as_bytes()
+            if frame.rsv1:
+                if self.inflater is None:
+                    self.inflater = zlib.decompressobj(-15)
+                payload = self.inflater.decompress(payload + b"\x00\x00\xff\xff")
         if not fanout.measuring:  # a warm-up: proves the receiver is registered
             fanout.last_received = time.perf_counter()
             if not self.warm:
@@ -243,7 +254,7 @@ class FanoutClient(WSListener):
             return
         index = self.count
         self.count = index + 1
-        if fanout.verify and int(frame.get_payload_as_bytes()[:8]) != index:
+        if fanout.verify and int(payload[:8]) != index:
             fanout.error = f"broadcast: message {index} arrived out of order"
             fanout.reached.set()  # stop waiting: run() raises it
             return
@@ -257,11 +268,16 @@ class FanoutClient(WSListener):
 
 
 class Fanout:
-    """Receivers on /broadcast; one of them also sends."""
+    """Receivers on /broadcast; one of them also sends.
 
-    def __init__(self, server: Running, verify: bool = False) -> None:
+    ``offer``: a ``Sec-WebSocket-Extensions`` offer each receiver sends (the
+    receivers count compressed frames without inflating them, unless ``verify``).
+    """
+
+    def __init__(self, server: Running, verify: bool = False, offer: str | None = None) -> None:
         self.server = server
         self.verify = verify
+        self.offer = offer
         self.clients: list[FanoutClient] = []
         self.counts: list[int] = []
         self.sent_at: list[float] = []
@@ -277,6 +293,7 @@ class Fanout:
     async def grow(self, receivers: int) -> None:
         """Have ``receivers`` connections in all, each proven to receive broadcasts."""
         gate = asyncio.Semaphore(64)
+        headers = {"Sec-WebSocket-Extensions": self.offer} if self.offer else None
         # A cluster (several processes on one broker) spreads its receivers over all.
         urls: list[str] = getattr(self.server, "urls", None) or [self.server.url]
 
@@ -287,6 +304,7 @@ class Fanout:
                         lambda: FanoutClient(self),
                         f"{urls[index % len(urls)]}/broadcast",
                         read_buffer_init_size=2048,
+                        extra_headers=headers,
                     ),
                     STUCK,
                 )
@@ -309,15 +327,19 @@ class Fanout:
                 raise CheckFailed("broadcast warm-up never went quiet")
             await asyncio.sleep(0.05)
 
-    async def run(self, messages: int, paced: bool) -> Measurement:
-        """Send ``messages`` 32-byte messages, paced (one at a time) or in one burst."""
+    async def run(self, messages: int, paced: bool, chat: bool = False) -> Measurement:
+        """Send ``messages`` 32-byte messages (``chat``: about 1 KiB of chat-like JSON),
+        paced (one at a time) or in one burst."""
         result = Measurement("delivery")
         receivers = len(self.clients)
         self.expected = receivers
         self.counts = [0] * messages
         self.sent_at = [0.0] * messages
         self.latencies = []
-        payloads = [f"{i:08d}".encode().ljust(32, b".") for i in range(messages)]
+        if chat:
+            payloads = [f"{i:08d}".encode() + _chat_json(i) for i in range(messages)]
+        else:
+            payloads = [f"{i:08d}".encode().ljust(32, b".") for i in range(messages)]
         sender = self.clients[0].transport
         assert sender is not None
         for client in self.clients:
@@ -356,6 +378,42 @@ class Fanout:
 
     async def close(self) -> None:
         await close_all(self.clients)
+
+
+_WORDS = (
+    "the", "a", "to", "and", "of", "in", "is", "it", "you", "that", "for", "on", "was", "with",
+    "as", "have", "be", "at", "not", "this", "but", "they", "meeting", "tomorrow", "deploy",
+    "server", "latency", "room", "message", "tornado", "python", "websocket", "broadcast",
+    "coffee", "lunch", "release", "tests", "green", "red", "review", "merge", "branch", "fix",
+    "bug", "ship",
+)  # fmt: skip
+
+
+def _chat_json(index: int) -> bytes:
+    """About 1 KiB of chat events as JSON, different for each index (deterministic)."""
+    rng = random.Random(index)
+    events: list[str] = []
+    while sum(len(event) for event in events) < 1000:
+        text = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 14)))
+        events.append(
+            f'{{"type":"message","room":"lobby","nick":"guest-{rng.randint(1, 999)}",'
+            f'"id":{rng.randint(1, 10**6)},"text":"{text}"}}'
+        )
+    return ("[" + ",".join(events) + "]").encode()
+
+
+async def deflate_memory(server: Running, fanout: Fanout, count: int) -> Measurement:
+    """RSS growth of the server per connection that negotiated permessage-deflate and
+    received compressed messages (``fanout.offer``), over ``count`` connections."""
+    result = Measurement("connection")
+    await asyncio.sleep(1.0)
+    before = server.rss()
+    await fanout.grow(count)
+    await fanout.run(5, paced=True, chat=True)
+    await asyncio.sleep(1.0)
+    result.units = count
+    result.bytes_per_unit = (server.rss() - before) / count
+    return result
 
 
 async def handshakes(server: Running, count: int, concurrency: int = 50) -> Measurement:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["jsonable", "plot", "ratio", "summary", "table"]
+__all__ = ["baseline", "jsonable", "plot", "ratio", "summary", "table"]
 
 BASELINE = "asyncio"
 
@@ -17,11 +17,21 @@ def _figure(measurement: Any) -> float:
     return float(measurement.cpu_us_per_unit)
 
 
+def baseline(report: dict[str, Any], workload: str) -> str:
+    """The subject ``workload``'s ratios are to: the asyncio version (with
+    permessage-deflate for the ``--deflate`` lines)."""
+    for entry in report["workloads"]:
+        if entry["name"] == workload:
+            return str(entry.get("baseline", BASELINE))
+    return BASELINE
+
+
 def ratio(report: dict[str, Any], subject: str, workload: str) -> float:
-    """``subject``'s primary figure over the asyncio version's, same run; NaN if missing."""
+    """``subject``'s primary figure over its baseline's (the asyncio version), same run;
+    NaN if missing."""
     try:
         mine = report["subjects"][subject]["results"][workload]
-        base = report["subjects"][BASELINE]["results"][workload]
+        base = report["subjects"][baseline(report, workload)]["results"][workload]
     except KeyError:
         return math.nan
     base_figure = _figure(base)
@@ -43,7 +53,7 @@ def table(report: dict[str, Any]) -> str:
         f"server pinned to CPU {report['pinning']['server_cpu']}, "
         f"load generator to CPU {report['pinning']['loadgen_cpu']}; "
         "figure = server CPU µs per unit (memory: KiB per connection); "
-        f"ratio = figure / {BASELINE}'s, same run",
+        f"ratio = figure / {BASELINE}'s (deflate lines: asyncio+deflate's), same run",
         "",
     ]
     subjects = report["subjects"]
@@ -54,7 +64,7 @@ def table(report: dict[str, Any]) -> str:
             lines.append(f"{name}: checks passed: {', '.join(data['checks'])}")
     lines.append("")
     header = (
-        f"  {'subject':<12} {'figure':>9} {'ratio':>7} {'units/s':>11} "
+        f"  {'subject':<15} {'figure':>9} {'ratio':>7} {'units/s':>11} "
         f"{'p50 ms':>8} {'p99 ms':>8} {'loadgen':>8}"
     )
     for workload in report["workloads"]:
@@ -64,12 +74,11 @@ def table(report: dict[str, Any]) -> str:
         for subject, data in subjects.items():
             m = data["results"].get(name)
             if m is None:
-                lines.append(f"  {subject:<12} {'—':>9}")
-                continue
+                continue  # a subject that does not run this workload
             memory = m.bytes_per_unit is not None
             loadgen = m.loadgen_cpu / m.seconds * 100 if m.seconds else math.nan
             lines.append(
-                f"  {subject:<12} {_fmt(_figure(m)):>9} {_fmt(ratio(report, subject, name), 2):>6}×"
+                f"  {subject:<15} {_fmt(_figure(m)):>9} {_fmt(ratio(report, subject, name), 2):>6}×"
                 f" {'' if memory else _fmt(m.per_second, 0):>11}"
                 f" {'' if memory else _fmt(m.latency_ms(0.5), 2):>8}"
                 f" {'' if memory else _fmt(m.latency_ms(0.99), 2):>8}"
@@ -81,24 +90,31 @@ def table(report: dict[str, Any]) -> str:
 
 
 def summary(report: dict[str, Any]) -> str:
-    """The README table: one row per workload, figure and ratio per subject."""
-    subjects = list(report["subjects"])
-    head = "| workload | " + " | ".join(subjects) + " |"
-    rule = "|---|" + "---|" * len(subjects)
-    rows = [head, rule]
+    """The README tables: per baseline, one row per workload, figure and ratio per subject."""
+    tables = []
+    groups: dict[str, list[dict[str, Any]]] = {}
     for workload in report["workloads"]:
-        cells = []
-        for subject in subjects:
-            m = report["subjects"][subject]["results"].get(workload["name"])
-            if m is None:
-                cells.append("—")
-            else:
-                cells.append(
-                    f"{_fmt(_figure(m))} ({_fmt(ratio(report, subject, workload['name']), 2)}×)"
-                )
-        unit = "KiB/conn" if workload["unit"] == "KiB/conn" else f"µs/{workload['unit']}"
-        rows.append(f"| {workload['name']} ({unit}) | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+        groups.setdefault(workload.get("baseline", BASELINE), []).append(workload)
+    for workloads in groups.values():
+        subjects = [
+            name
+            for name, data in report["subjects"].items()
+            if any(w["name"] in data["results"] for w in workloads)
+        ]
+        rows = ["| workload | " + " | ".join(subjects) + " |", "|---|" + "---|" * len(subjects)]
+        for workload in workloads:
+            cells = []
+            for subject in subjects:
+                m = report["subjects"][subject]["results"].get(workload["name"])
+                if m is None:
+                    cells.append("—")
+                else:
+                    r = ratio(report, subject, workload["name"])
+                    cells.append(f"{_fmt(_figure(m))} ({_fmt(r, 2)}×)")
+            unit = "KiB/conn" if workload["unit"] == "KiB/conn" else f"µs/{workload['unit']}"
+            rows.append(f"| {workload['name']} ({unit}) | " + " | ".join(cells) + " |")
+        tables.append("\n".join(rows))
+    return "\n\n".join(tables)
 
 
 def jsonable(report: dict[str, Any]) -> dict[str, Any]:

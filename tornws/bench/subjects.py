@@ -16,12 +16,14 @@ from ..exceptions import ConfigError
 
 __all__ = [
     "ASYNCIO_SERVER",
+    "DEFLATE_OFFER",
     "Cluster",
     "ClusterRunning",
     "Running",
     "Subject",
     "builtin_subjects",
     "cpu_seconds",
+    "deflate_subjects",
     "raise_open_files_limit",
     "rss_bytes",
 ]
@@ -86,8 +88,10 @@ class Subject:
     command: list[str] = field(default_factory=list)
     url: str = ""
     pid: int = 0
-    #: The workload groups it runs (``fanout``, ``echo``, …); empty: all.
+    #: The workload groups it runs (``fanout``, ``echo``, …); empty: all but ``deflate``.
     groups: tuple[str, ...] = ()
+    #: A ``Sec-WebSocket-Extensions`` offer its broadcast receivers send.
+    offer: str | None = None
 
     def __post_init__(self) -> None:
         if self.url:
@@ -173,6 +177,26 @@ def builtin_subjects(asyncio_server: Path = ASYNCIO_SERVER) -> list[Subject]:
         Subject("tornws", [python, "-m", "tornws", "serve", "--port", "{port}", *quiet]),
         Subject("asyncio", [python, str(asyncio_server), "--port", "{port}", *quiet]),
         Subject("raw-tornado", [python, "-m", "tornws.bench.raw_tornado", "--port", "{port}"]),
+    ]
+
+
+#: What Chromium offers.
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+
+
+def deflate_subjects(asyncio_server: Path = ASYNCIO_SERVER) -> list[Subject]:
+    """``--deflate``: tornws with a compressor per connection, tornws in shared mode, and
+    the asyncio version with the websockets library's permessage-deflate (its default
+    settings); their receivers offer permessage-deflate."""
+    python = sys.executable
+    quiet = ["--log-level", "warning"]
+    serve = [python, "-m", "tornws", "serve", "--port", "{port}", *quiet, "--compress"]
+    asyncio_version = [python, str(asyncio_server), "--port", "{port}", *quiet, "--compress"]
+    group, offer = ("deflate",), DEFLATE_OFFER
+    return [
+        Subject("tornws+deflate", serve, groups=group, offer=offer),
+        Subject("tornws+shared", [*serve, "shared"], groups=group, offer=offer),
+        Subject("asyncio+deflate", asyncio_version, groups=group, offer=offer),
     ]
 
 
