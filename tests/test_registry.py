@@ -218,3 +218,18 @@ def test_registry_direct_members_get_one_encoding_per_codec(
     assert plain.received == ["hi"]
     registry.deliver(Envelope("r", 2, 42))  # Upper gives None: the direct members get nothing
     assert direct[0].received == ["HI"] and plain.received == ["hi", 42]
+
+
+def test_registry_delivers_in_join_order() -> None:
+    """A fan-out goes through the members in the order they joined (rejoining goes last)."""
+    registry = Registry()
+    order: list[str] = []
+    members = [Member(f"m{i}", lambda e, i=i: order.append(f"m{i}")) for i in range(50)]
+    for member in reversed(members):
+        registry.join("r", member)
+    registry.leave("r", members[10])
+    registry.join("r", members[10])
+    registry.publish("r", "x")
+    expected = [f"m{i}" for i in reversed(range(50)) if i != 10] + ["m10"]
+    assert order == expected
+    assert [m.name for m in registry.members("r")] == expected  # type: ignore[attr-defined]
