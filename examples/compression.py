@@ -20,6 +20,16 @@ import tornado.web
 
 import tornws
 
+# Every setting, at tornws's defaults (the README's "Compression" section):
+EVERY_SETTING = {
+    "compression_level": 1,  # zlib 0-9: CPU against size
+    "mem_level": 5,  # zlib 1-9: memory against ratio
+    "server_max_window_bits": 12,  # 9-15: the window the server compresses with, declared
+    "client_max_window_bits": 12,  # 9-15: the client's, when its offer lets the server limit it
+    "server_no_context_takeover": False,  # True: the shared-compressor mode
+    "client_no_context_takeover": False,  # True: no inflate window kept per connection
+}
+
 
 class EchoHandler(tornws.WebSocketHandler):
     def on_message(self, message):
@@ -28,7 +38,10 @@ class EchoHandler(tornws.WebSocketHandler):
 
 async def main(port=8765):
     options = {"compression": {"compression_level": 6, "server_max_window_bits": 10}}
-    app = tornado.web.Application([(r"/", EchoHandler, options)])
+    # "/" with its own settings; /all/echo, /all/broadcast, ... with every setting spelled out.
+    app = tornado.web.Application(
+        [(r"/", EchoHandler, options), *tornws.routes("/all", compression=EVERY_SETTING)]
+    )
     app.listen(port, "127.0.0.1")
     print(f"compressing echo server on ws://127.0.0.1:{port}/", flush=True)
     await asyncio.Event().wait()

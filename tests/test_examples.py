@@ -123,6 +123,12 @@ def test_example_compression(start_example: Any) -> None:
         assert answer == "permessage-deflate; client_max_window_bits=12; server_max_window_bits=10"
         ws.send("z" * 10000)
         assert ws.recv(TIMEOUT) == "z" * 10000
+    with connect(f"{server.url}/all/echo", open_timeout=TIMEOUT) as ws:  # every setting
+        assert ws.response is not None
+        answer = ws.response.headers["Sec-WebSocket-Extensions"]
+        assert answer == "permessage-deflate; client_max_window_bits=12; server_max_window_bits=12"
+        ws.send("z" * 10000)
+        assert ws.recv(TIMEOUT) == "z" * 10000
     result = run(tornws_command("client", "--compress", f"{server.url}/"), stdin="squeeze\n")
     assert "extensions: permessage-deflate" in result.stderr
     assert result.stdout == "squeeze\n"

@@ -246,7 +246,9 @@ class FanoutClient(WSListener):
                 if self.inflater is None:
                     self.inflater = zlib.decompressobj(-15)
                 payload = self.inflater.decompress(payload + b"\x00\x00\xff\xff")
-        if not fanout.measuring:  # a warm-up: proves the receiver is registered
+        # A warm-up ("w", a few bytes compressed) proves the receiver is registered; one
+        # arriving late, after measuring began (a slow server), is not a measured message.
+        if not fanout.measuring or frame.payload_size < 8:
             fanout.last_received = time.perf_counter()
             if not self.warm:
                 self.warm = True
