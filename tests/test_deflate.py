@@ -121,15 +121,15 @@ def test_bad_settings_are_refused_when_the_route_is_built(
 def test_a_shared_frame_is_compressed_once_per_setting_and_inflates_back() -> None:
     text = "a chat line, a chat line, a chat line " * 20
     message = Message(text)
-    frame = message.deflated(1, 12, 5)
-    assert message.deflated(1, 12, 5) is frame  # the same bytes for every receiver
+    frame = message.deflated((1, 12, 5))
+    assert message.deflated((1, 12, 5)) is frame  # the same bytes for every receiver
     assert frame[0] == 0x80 | 0x40 | 0x1  # FIN, RSV1 (compressed), text
     assert frame[1] < 126  # a one-byte length
     payload = frame[2:]
     assert len(payload) < len(text) // 4
     inflater = zlib.decompressobj(-12)
     assert inflater.decompress(payload + b"\x00\x00\xff\xff").decode() == text
-    assert message.deflated(1, 9, 5) is not frame
+    assert message.deflated((1, 9, 5)) is not frame
 
 
 # Against real clients

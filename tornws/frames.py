@@ -132,18 +132,18 @@ class Message:
         self._header = len(self.frame) - len(payload)
         self._deflated: dict[tuple[int, int, int], bytes] | None = None
 
-    def deflated(self, level: int, wbits: int, mem_level: int) -> bytes:
-        """The frame compressed on its own (permessage-deflate, no context takeover),
-        computed once per setting: what every receiver with that setting is sent."""
-        key = (level, wbits, mem_level)
+    def deflated(self, setting: tuple[int, int, int]) -> bytes:
+        """The frame compressed on its own (permessage-deflate, no context takeover)
+        with ``setting`` = (level, window bits, memory level), computed once per
+        setting: what every receiver with that setting is sent."""
         cache = self._deflated
         if cache is None:
             cache = self._deflated = {}
-        frame = cache.get(key)
+        frame = cache.get(setting)
         if frame is None:
             opcode = Opcode.BINARY if self.binary else Opcode.TEXT
-            payload = deflate.compress(self.payload, level, wbits, mem_level)
-            frame = cache[key] = encode_frame(opcode, payload, rsv1=True)
+            payload = deflate.compress(self.payload, *setting)
+            frame = cache[setting] = encode_frame(opcode, payload, rsv1=True)
         return frame
 
     @property

@@ -455,7 +455,7 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
         if self._compressor is None:
             frame = message.frame
         elif self._shared_deflate is not None:
-            frame = message.deflated(*self._shared_deflate)
+            frame = message.deflated(self._shared_deflate)
         else:
             opcode = Opcode.BINARY if message.binary else Opcode.TEXT
             frame = encode_frame(opcode, self._compressor.compress(message.payload), rsv1=True)

@@ -228,17 +228,17 @@ class Registry:
                 continue
             if message is None:
                 continue
-            count = len(senders)
-            start = 0
-            while start < count:  # a plain loop; after a failure, on from the next one
-                index = start
+            remaining = senders
+            while remaining:  # a plain loop (no index: no int allocated per receiver)
+                sender = None
                 try:
-                    for index in range(start, count):
-                        senders[index].send_message(message)
+                    for sender in remaining:
+                        sender.send_message(message)
                     break
-                except Exception:
+                except Exception:  # `sender` raised: log it, go on from the next one
+                    index = senders.index(sender)
                     self._failed((owners[index],), envelope, failed)
-                    start = index + 1
+                    remaining = senders[index + 1 :]
         for member in plan.others:
             try:
                 member.deliver(envelope)
