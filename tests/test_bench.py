@@ -19,7 +19,8 @@ from processes import run, tornws_command
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, dict[str, object], Path]:
-    """One `tornws bench --quick --deflate --json --plot` run, shared by the tests below."""
+    """One `tornws bench --quick --deflate --allocations --json --plot` run, shared below."""
+    pytest.importorskip("memray", reason="--allocations needs the bench extra (memray)")
     pytest.importorskip("picows", reason="tornws bench needs the bench extra (picows)")
     pytest.importorskip("matplotlib", reason="--plot needs the plot extra (matplotlib)")
     folder = tmp_path_factory.mktemp("bench")
@@ -28,12 +29,13 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, dict[str,
             "bench",
             "--quick",
             "--deflate",
+            "--allocations",
             "--json",
             str(folder / "r.json"),
             "--plot",
             str(folder / "r.png"),
         ),
-        timeout=120,
+        timeout=240,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout, result.stderr, json.loads((folder / "r.json").read_text()), folder
@@ -90,8 +92,9 @@ def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> 
     assert math.isclose(
         data["subjects"]["asyncio+deflate"]["results"][deflate[1]]["ratio_to_asyncio"], 1
     )
-    assert stderr.count("] tornws: ") == 10  # one progress line per workload
-    assert stderr.count("] tornws+shared: ") == 3
+    # One progress line per workload, and one for --allocations.
+    assert stderr.count("] tornws: ") == 10 + 1
+    assert stderr.count("] tornws+shared: ") == 3 + 1
 
 
 def test_bench_quick_table_and_plot(quick: tuple[str, str, dict, Path]) -> None:  # type: ignore[type-arg]
@@ -102,6 +105,17 @@ def test_bench_quick_table_and_plot(quick: tuple[str, str, dict, Path]) -> None:
     assert "| workload | tornws+deflate | tornws+shared | asyncio+deflate |" in stdout
     assert data["machine"]["python"] == ".".join(map(str, sys.version_info[:3]))
     assert (folder / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_quick_counts_allocations_per_delivery(quick: tuple[str, str, dict, Path]) -> None:  # type: ignore[type-arg]
+    """--allocations: memray's count for every subject the bench starts; tornws's fan-out
+    allocates a few objects per delivery (ints), not a Task, Future or closure (dozens)."""
+    stdout, _, data, _ = quick
+    counts = data["allocations"]["per_delivery"]
+    assert set(counts) == set(data["subjects"])
+    assert all(count > 0 for count in counts.values()), counts
+    assert counts["tornws"] < 8, counts
+    assert "allocations per delivery (memray" in stdout
 
 
 def test_bench_full_plan_matches_the_issue() -> None:

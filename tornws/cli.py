@@ -269,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also permessage-deflate: memory per connection and 1 KiB chat broadcasts on "
         "tornws (a compressor per connection, and shared mode) and the asyncio version",
     )
+    bench.add_argument(
+        "--allocations",
+        action="store_true",
+        help="also count heap allocations per broadcast delivery in each server (memray)",
+    )
     bench.add_argument("--name", default="custom", help="the --url server's name in the table")
     bench.add_argument(
         "--asyncio-server",

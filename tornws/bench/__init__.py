@@ -254,6 +254,25 @@ async def run(
     return report
 
 
+async def _allocations(
+    subjects: list[Any], quick: bool, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """``--allocations``: heap allocations per paced delivery, for each subject this bench
+    starts itself (not ``--url``, not ``--redis``)."""
+    from .allocations import per_delivery
+    from .subjects import Cluster
+
+    receivers, few, many = (100, 2, 12) if quick else (1000, 20, 120)
+    counts: dict[str, Any] = {"receivers": receivers, "per_delivery": {}}
+    for subject in subjects:
+        if not subject.command or isinstance(subject, Cluster):
+            continue
+        progress(f"{subject.name}: allocations per delivery (memray)")
+        count = await per_delivery(subject, receivers, few, many)
+        counts["per_delivery"][subject.name] = round(count, 2)
+    return counts
+
+
 def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run the bench as the ``tornws bench`` command parsed ``args``; return the exit status."""
     from . import report as reporting
@@ -302,6 +321,8 @@ def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int
     except ImportError:
         runner = asyncio.run
     report = runner(run(subjects, args.quick, progress, args.scale, args.deflate))
+    if args.allocations:
+        report["allocations"] = runner(_allocations(subjects, args.quick, progress))
     out.write(reporting.table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(reporting.jsonable(report), indent=2) + "\n")

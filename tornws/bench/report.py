@@ -85,6 +85,15 @@ def table(report: dict[str, Any]) -> str:
                 f" {'' if memory else _fmt(loadgen, 0) + '%':>8}"
             )
         lines.append("")
+    allocations = report.get("allocations")
+    if allocations:
+        lines.append(
+            f"allocations per delivery (memray; paced broadcast to {allocations['receivers']}, "
+            "32 B, or 1 KiB of chat JSON for the deflate subjects):"
+        )
+        for subject, count in allocations["per_delivery"].items():
+            lines.append(f"  {subject:<15} {count:>9.2f}")
+        lines.append("")
     lines.append(summary(report))
     return "\n".join(lines) + "\n"
 
