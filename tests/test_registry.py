@@ -233,3 +233,25 @@ def test_registry_delivers_in_join_order() -> None:
     expected = [f"m{i}" for i in reversed(range(50)) if i != 10] + ["m10"]
     assert order == expected
     assert [m.name for m in registry.members("r")] == expected  # type: ignore[attr-defined]
+
+
+def test_registry_asks_for_direct_delivery_once_per_join() -> None:
+    """direct_delivery() is asked when a member joins, not again when others come and go
+    (a room of thousands is not walked member by member on each change)."""
+    registry = Registry()
+    asked: list[str] = []
+
+    class Counting(Direct):
+        def direct_delivery(self) -> tuple[Any, Any]:
+            asked.append(self.name)
+            return super().direct_delivery()
+
+    first, second = Counting("a", Upper()), Counting("b", Upper())
+    registry.join("r", first)
+    registry.deliver(Envelope("r", 1, "x"))
+    registry.join("r", second)
+    registry.deliver(Envelope("r", 2, "y"))
+    registry.leave("r", second)
+    registry.deliver(Envelope("r", 3, "z"))
+    assert asked == ["a", "b"]
+    assert first.received == ["X", "Y", "Z"] and second.received == ["Y"]

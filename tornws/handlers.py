@@ -487,8 +487,8 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     def direct_delivery(self) -> tuple[Any, Protocol] | None:
         """The registry's shortcut (see :mod:`tornws.registry`): ``(codec, protocol)``
         while ``deliver`` is this class's and the connection runs on tornws's data
-        plane, else ``None`` (``deliver`` is called). Asked when a room's membership
-        changes: a handler that sets its ``codec`` does so before joining."""
+        plane, else ``None`` (``deliver`` is called). Asked when the handler joins a
+        room: a handler that sets its ``codec`` does so before joining."""
         connection = self.ws_connection
         if type(self).deliver is WebSocketHandler.deliver and type(connection) is Protocol:
             return self.codec, connection

@@ -66,24 +66,56 @@ class _Plan(NamedTuple):
     others: tuple[Member, ...]
 
 
-def _plan(members: tuple[Member, ...]) -> _Plan:
-    groups: dict[Codec, tuple[list[Sender], list[Member]]] = {}
-    others: list[Member] = []
-    for member in members:
+class _Room:
+    """One room's members, in join order, grouped the way a fan-out uses them."""
+
+    __slots__ = ("direct", "members", "others", "plan")
+
+    def __init__(self) -> None:
+        #: member → its codec when it takes direct delivery, else None.
+        self.members: dict[Member, Codec | None] = {}
+        #: codec → {member: sender}, for the members with direct delivery.
+        self.direct: dict[Codec, dict[Member, Sender]] = {}
+        #: The members that get ``deliver(envelope)``.
+        self.others: dict[Member, None] = {}
+        self.plan: _Plan | None = None
+
+    def add(self, member: Member) -> None:
         direct = getattr(member, "direct_delivery", None)
         target = direct() if direct is not None else None
         if target is None:
-            others.append(member)
-            continue
-        codec, sender = target
-        senders, owners = groups.setdefault(codec, ([], []))
-        senders.append(sender)
-        owners.append(member)
-    return _Plan(
-        members,
-        tuple((codec, tuple(s), tuple(o)) for codec, (s, o) in groups.items()),
-        tuple(others),
-    )
+            self.members[member] = None
+            self.others[member] = None
+        else:
+            codec, sender = target
+            self.members[member] = codec
+            self.direct.setdefault(codec, {})[member] = sender
+        self.plan = None
+
+    def remove(self, member: Member) -> None:
+        codec = self.members.pop(member)
+        if codec is None:
+            del self.others[member]
+        else:
+            group = self.direct[codec]
+            del group[member]
+            if not group:
+                del self.direct[codec]
+        self.plan = None
+
+    def get_plan(self) -> _Plan:
+        """The plan, rebuilt after a change with C-level copies only (no call per member)."""
+        plan = self.plan
+        if plan is None:
+            plan = self.plan = _Plan(
+                tuple(self.members),
+                tuple(
+                    (codec, tuple(group.values()), tuple(group))
+                    for codec, group in self.direct.items()
+                ),
+                tuple(self.others),
+            )
+        return plan
 
 
 class Connection(Protocol):
@@ -103,11 +135,10 @@ class Registry:
     def __init__(self, broker: Broker | None = None) -> None:
         self.broker = broker if broker is not None else MemoryBroker()
         self.broker.attach(self.deliver)
-        # Members in the order they joined (a dict as an ordered set): a fan-out goes
-        # through them in that order, which is about the order the kernel allocated
-        # their sockets in (measured: sends in a shuffled order cost +25% at 10,000).
-        self._rooms: dict[str, dict[Member, None]] = {}
-        self._plans: dict[str, _Plan] = {}
+        # Members in the order they joined: a fan-out goes through them in that
+        # order, which is about the order the kernel allocated their sockets in
+        # (measured: sends in a shuffled order cost +25% at 10,000).
+        self._rooms: dict[str, _Room] = {}
         self._memberships: dict[Member, set[str]] = {}
         self._guests = itertools.count(1)
         #: Every open tornws connection of the application (for shutdown and counts).
@@ -142,27 +173,25 @@ class Registry:
         """Add ``member`` to ``room``; ``False`` if it was a member already."""
         members = self._rooms.get(room)
         if members is None:
-            members = self._rooms[room] = {}
+            members = self._rooms[room] = _Room()
             self.broker.subscribe(room)
-        elif member in members:
+        elif member in members.members:
             return False
-        members[member] = None
-        self._plans.pop(room, None)
+        members.add(member)
         self._memberships.setdefault(member, set()).add(room)
         return True
 
     def leave(self, room: str, member: Member) -> bool:
         """Remove ``member`` from ``room``; ``False`` if it was not a member."""
         members = self._rooms.get(room)
-        if members is None or member not in members:
+        if members is None or member not in members.members:
             return False
-        del members[member]
-        self._plans.pop(room, None)
+        members.remove(member)
         rooms = self._memberships[member]
         rooms.discard(room)
         if not rooms:
             del self._memberships[member]
-        if not members:
+        if not members.members:
             del self._rooms[room]
             self.broker.unsubscribe(room)
         return True
@@ -176,17 +205,8 @@ class Registry:
 
     def members(self, room: str) -> tuple[Member, ...]:
         """The local members of ``room`` (an immutable snapshot)."""
-        plan = self._plan(room)
-        return plan.members if plan is not None else ()
-
-    def _plan(self, room: str) -> _Plan | None:
-        plan = self._plans.get(room)
-        if plan is None:
-            members = self._rooms.get(room)
-            if not members:
-                return None
-            plan = self._plans[room] = _plan(tuple(members))
-        return plan
+        members = self._rooms.get(room)
+        return members.get_plan().members if members is not None else ()
 
     def rooms(self) -> list[str]:
         """The rooms that have local members, sorted."""
@@ -215,9 +235,10 @@ class Registry:
         Called by the broker. Each member receives the same envelope object, so
         an encoding computed by one (``envelope.encode(codec)``) serves all.
         """
-        plan = self._plan(envelope.room)
-        if plan is None:
+        room = self._rooms.get(envelope.room)
+        if room is None:
             return 0
+        plan = room.get_plan()
         started = time.perf_counter()
         failed: list[Member] = []
         for codec, senders, owners in plan.direct:
