@@ -478,11 +478,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         """
         message = envelope.encode(self.codec)
         if message is not None:
-            connection = self.ws_connection
-            if type(connection) is Protocol:  # the fan-out hot path: one call less
-                connection.send_message(message)
-            else:
-                self.send(message)
+            self.send(message)
 
     def direct_delivery(self) -> tuple[Any, Protocol] | None:
         """The registry's shortcut (see :mod:`tornws.registry`): ``(codec, protocol)``
