@@ -19,7 +19,8 @@ from processes import run, tornws_command
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, dict[str, object], Path]:
-    """One `tornws bench --quick --deflate --allocations --json --plot` run, shared below."""
+    """One `tornws bench --quick --scale --floor --deflate --allocations --json --plot` run,
+    shared below."""
     pytest.importorskip("memray", reason="--allocations needs the bench extra (memray)")
     pytest.importorskip("picows", reason="tornws bench needs the bench extra (picows)")
     pytest.importorskip("matplotlib", reason="--plot needs the plot extra (matplotlib)")
@@ -28,6 +29,8 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, dict[str,
         tornws_command(
             "bench",
             "--quick",
+            "--scale",
+            "--floor",
             "--deflate",
             "--allocations",
             "--json",
@@ -51,6 +54,7 @@ def test_bench_quick_checks_every_server(quick: tuple[str, str, dict, Path]) -> 
         "tornws+deflate",
         "tornws+shared",
         "asyncio+deflate",
+        "floor",
     }
     for name, subject in data["subjects"].items():
         assert subject["error"] is None, name
@@ -70,7 +74,15 @@ def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> 
     of its kind: the deflate lines on the --deflate subjects, the others on the rest."""
     _, stderr, data, _ = quick
     names = [w["name"] for w in data["workloads"]]
-    assert len(names) == 13
+    assert len(names) == 14
+    fanout = [name for name in names if name.startswith("broadcast ")]
+    assert fanout == [
+        "broadcast 100 paced",
+        "broadcast 100 burst",
+        "broadcast 200 paced",
+        "broadcast 200 burst",
+        "broadcast 500 paced",  # --scale
+    ]
     deflate = [w["name"] for w in data["workloads"] if w["baseline"] == "asyncio+deflate"]
     assert deflate == [
         "deflate memory ×100",
@@ -78,7 +90,12 @@ def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> 
         "deflate broadcast 100 burst 1 KiB",
     ]
     for subject_name, subject in data["subjects"].items():
-        mine = deflate if subject_name.endswith(("+deflate", "+shared")) else names[:10]
+        if subject_name.endswith(("+deflate", "+shared")):
+            mine = deflate
+        elif subject_name == "floor":  # broadcasts only
+            mine = fanout
+        else:
+            mine = names[:11]
         assert sorted(subject["results"]) == sorted(mine), subject_name
         for name in mine:
             result = subject["results"][name]
@@ -93,7 +110,8 @@ def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> 
         data["subjects"]["asyncio+deflate"]["results"][deflate[1]]["ratio_to_asyncio"], 1
     )
     # One progress line per workload, and one for --allocations.
-    assert stderr.count("] tornws: ") == 10 + 1
+    assert stderr.count("] tornws: ") == 11 + 1
+    assert stderr.count("] floor: ") == 5 + 1
     assert stderr.count("] tornws+shared: ") == 3 + 1
 
 
@@ -101,7 +119,7 @@ def test_bench_quick_table_and_plot(quick: tuple[str, str, dict, Path]) -> None:
     """The table names the machine and ratios; the plot is a PNG."""
     stdout, _, data, folder = quick
     assert "server pinned to CPU" in stdout and "ratio = figure / asyncio's" in stdout
-    assert "| workload | tornws | asyncio | raw-tornado |" in stdout
+    assert "| workload | tornws | asyncio | raw-tornado | floor |" in stdout
     assert "| workload | tornws+deflate | tornws+shared | asyncio+deflate |" in stdout
     assert data["machine"]["python"] == ".".join(map(str, sys.version_info[:3]))
     assert (folder / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -113,9 +131,30 @@ def test_bench_quick_counts_allocations_per_delivery(quick: tuple[str, str, dict
     stdout, _, data, _ = quick
     counts = data["allocations"]["per_delivery"]
     assert set(counts) == set(data["subjects"])
-    assert all(count > 0 for count in counts.values()), counts
+    assert all(count > 0 for name, count in counts.items() if name != "floor"), counts
     assert counts["tornws"] < 8, counts
+    # The bare send loop allocates per broadcast (its read, its frame), not per delivery.
+    assert counts["floor"] < counts["tornws"], counts
     assert "allocations per delivery (memray" in stdout
+
+
+def test_bench_quick_reports_how_paced_cost_grows(quick: tuple[str, str, dict, Path]) -> None:  # type: ignore[type-arg]
+    """--scale: per subject, CPU per paced delivery at each size and its spread, in the
+    JSON, the table and the README row; the floor subject is measured like the others."""
+    stdout, _, data, _ = quick
+    growth = data["paced_growth"]
+    assert set(growth) == {"tornws", "asyncio", "raw-tornado", "floor"}
+    for subject, entry in growth.items():
+        results = data["subjects"][subject]["results"]
+        figures = {
+            int(n): round(results[f"broadcast {n} paced"]["cpu_us_per_unit"], 2)
+            for n in (100, 200, 500)
+        }
+        assert {int(n): v for n, v in entry["figures"].items()} == pytest.approx(figures, abs=0.01)
+        spread = max(figures.values()) / min(figures.values()) - 1
+        assert entry["spread"] == pytest.approx(spread, abs=0.01)
+    assert "paced broadcast, server CPU µs per delivery by receivers" in stdout
+    assert "| paced cost per delivery, spread over receivers |" in stdout
 
 
 def test_bench_full_plan_matches_the_issue() -> None:
@@ -152,6 +191,32 @@ def test_bench_ratio_is_relative_to_asyncio() -> None:
     assert report.ratio(fake, "x", "w") == pytest.approx(2.0)
     assert report.ratio(fake, "x", "d") == pytest.approx(0.5)  # a deflate line: to its baseline
     assert math.isnan(report.ratio(fake, "x", "missing"))
+
+
+def test_bench_growth_is_the_spread_of_paced_figures() -> None:
+    """growth(): largest over smallest paced figure, minus 1; burst lines and subjects
+    with a single paced size are left out."""
+    from tornws.bench.load import Measurement
+
+    def m(cpu: float) -> Measurement:
+        return Measurement("delivery", units=1000, seconds=1.0, server_cpu=cpu)
+
+    fake = {
+        "subjects": {
+            "x": {
+                "results": {
+                    "broadcast 1000 paced": m(0.005),
+                    "broadcast 1000 burst": m(0.001),
+                    "broadcast 5000 paced": m(0.0075),
+                    "broadcast 10000 paced": m(0.006),
+                }
+            },
+            "y": {"results": {"broadcast 1000 paced": m(0.005)}},
+        }
+    }
+    assert report.growth(fake) == {
+        "x": {"figures": {1000: 5.0, 5000: 7.5, 10000: 6.0}, "spread": 0.5},
+    }
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -274,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also count heap allocations per broadcast delivery in each server (memray)",
     )
+    bench.add_argument(
+        "--floor",
+        action="store_true",
+        help="also the broadcasts on a bare loop of socket.send (no framework): the "
+        "floor under any Python server here, and how it grows with the receivers",
+    )
     bench.add_argument("--name", default="custom", help="the --url server's name in the table")
     bench.add_argument(
         "--asyncio-server",

@@ -276,7 +276,14 @@ async def _allocations(
 def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run the bench as the ``tornws bench`` command parsed ``args``; return the exit status."""
     from . import report as reporting
-    from .subjects import ASYNCIO_SERVER, Cluster, Subject, builtin_subjects, deflate_subjects
+    from .subjects import (
+        ASYNCIO_SERVER,
+        Cluster,
+        Subject,
+        builtin_subjects,
+        deflate_subjects,
+        floor_subject,
+    )
 
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
@@ -297,6 +304,8 @@ def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int
         subjects += deflate_subjects(
             Path(args.asyncio_server) if args.asyncio_server else ASYNCIO_SERVER
         )
+    if args.floor:
+        subjects.append(floor_subject())
     if args.redis:
         try:
             import redis  # noqa: F401

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
-__all__ = ["baseline", "jsonable", "plot", "ratio", "summary", "table"]
+__all__ = ["baseline", "growth", "jsonable", "plot", "ratio", "summary", "table"]
 
 BASELINE = "asyncio"
 
@@ -36,6 +37,26 @@ def ratio(report: dict[str, Any], subject: str, workload: str) -> float:
         return math.nan
     base_figure = _figure(base)
     return _figure(mine) / base_figure if base_figure else math.nan
+
+
+_PACED = re.compile(r"broadcast (\d+) paced")
+
+
+def growth(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """How a subject's CPU per delivery of a paced broadcast changes with the number of
+    receivers: per subject that ran two sizes or more, ``figures`` ({receivers: µs}) and
+    ``spread``, the largest figure over the smallest, minus 1 (0.2: within 20%)."""
+    result = {}
+    for subject, data in report["subjects"].items():
+        figures = {}
+        for name, m in data["results"].items():
+            match = _PACED.fullmatch(name)
+            if match:
+                figures[int(match.group(1))] = round(_figure(m), 2)
+        if len(figures) > 1 and min(figures.values()) > 0:
+            spread = max(figures.values()) / min(figures.values()) - 1
+            result[subject] = {"figures": dict(sorted(figures.items())), "spread": round(spread, 3)}
+    return result
 
 
 def _fmt(value: float, digits: int = 1) -> str:
@@ -94,6 +115,15 @@ def table(report: dict[str, Any]) -> str:
         for subject, count in allocations["per_delivery"].items():
             lines.append(f"  {subject:<15} {count:>9.2f}")
         lines.append("")
+    spreads = growth(report)
+    if spreads:
+        lines.append(
+            "paced broadcast, server CPU µs per delivery by receivers (spread: max/min − 1):"
+        )
+        for subject, entry in spreads.items():
+            figures = " / ".join(f"{n}: {_fmt(v)}" for n, v in entry["figures"].items())
+            lines.append(f"  {subject:<15} {figures}   spread {entry['spread']:+.0%}")
+        lines.append("")
     lines.append(summary(report))
     return "\n".join(lines) + "\n"
 
@@ -122,6 +152,11 @@ def summary(report: dict[str, Any]) -> str:
                     cells.append(f"{_fmt(_figure(m))} ({_fmt(r, 2)}×)")
             unit = "KiB/conn" if workload["unit"] == "KiB/conn" else f"µs/{workload['unit']}"
             rows.append(f"| {workload['name']} ({unit}) | " + " | ".join(cells) + " |")
+        spreads = growth({**report, "subjects": {s: report["subjects"][s] for s in subjects}})
+        if spreads and workloads[0].get("baseline", BASELINE) == BASELINE:
+            cells = [f"{spreads[s]['spread']:+.0%}" if s in spreads else "—" for s in subjects]
+            row = "| paced cost per delivery, spread over receivers | " + " | ".join(cells)
+            rows.append(row + " |")
         tables.append("\n".join(rows))
     return "\n\n".join(tables)
 
@@ -136,7 +171,8 @@ def jsonable(report: dict[str, Any]) -> dict[str, Any]:
             entry["ratio_to_asyncio"] = round(ratio(report, name, workload), 3)
             results[workload] = entry
         subjects[name] = {"checks": data["checks"], "error": data["error"], "results": results}
-    return {**{k: v for k, v in report.items() if k != "subjects"}, "subjects": subjects}
+    rest = {k: v for k, v in report.items() if k != "subjects"}
+    return {**rest, "subjects": subjects, "paced_growth": growth(report)}
 
 
 def plot(report: dict[str, Any], path: str) -> None:

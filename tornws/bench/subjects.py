@@ -24,6 +24,7 @@ __all__ = [
     "builtin_subjects",
     "cpu_seconds",
     "deflate_subjects",
+    "floor_subject",
     "raise_open_files_limit",
     "rss_bytes",
 ]
@@ -198,6 +199,12 @@ def deflate_subjects(asyncio_server: Path = ASYNCIO_SERVER) -> list[Subject]:
         Subject("tornws+shared", [*serve, "shared"], groups=group, offer=offer),
         Subject("asyncio+deflate", asyncio_version, groups=group, offer=offer),
     ]
+
+
+def floor_subject() -> Subject:
+    """``--floor``: :mod:`tornws.bench.floor`, a bare ``socket.send`` loop; broadcasts only."""
+    command = [sys.executable, "-m", "tornws.bench.floor", "--port", "{port}"]
+    return Subject("floor", command, groups=("fanout",))
 
 
 @dataclass
