@@ -164,6 +164,7 @@ def test_bench_full_plan_matches_the_issue() -> None:
     assert full.handshakes == 2000 and full.idle_connections == 5000
     assert full.scale == 0 and plan(quick=False, scale=True).scale == 10_000
     assert full.deflate == 0 and plan(quick=False, deflate=True).deflate == 1000
+    assert full.rounds == 3 and plan(quick=True).rounds == 1  # broadcast lines: median of 3
 
 
 def test_bench_refuses_non_loopback_url() -> None:

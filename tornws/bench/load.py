@@ -55,6 +55,9 @@ class Measurement:
     latencies: list[float] = field(default_factory=list)
     #: For memory workloads: bytes per connection (``server_cpu`` is then unused).
     bytes_per_unit: float | None = None
+    #: When the workload ran several rounds and this is the median one: each round's
+    #: CPU µs per unit, in the order they ran.
+    rounds: list[float] = field(default_factory=list)
 
     @property
     def cpu_us_per_unit(self) -> float:
@@ -86,6 +89,7 @@ class Measurement:
             "kib_per_connection": (
                 round(self.bytes_per_unit / 1024, 2) if self.bytes_per_unit is not None else None
             ),
+            **({"rounds_cpu_us_per_unit": self.rounds} if self.rounds else {}),
         }
 
 
