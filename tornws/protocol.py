@@ -229,11 +229,13 @@ class Protocol(tornado.websocket.WebSocketProtocol13):
     ) -> None:
         super()._create_compressors(side, agreed_parameters, compression_options)
         if "server_no_context_takeover" in agreed_parameters:
-            options = compression_options or {}
+            # The settings of the compressor Tornado just built from the answer.
+            compressor = self._compressor
+            assert compressor is not None
             self._shared_deflate = (
-                options.get("compression_level", 6),
-                int(agreed_parameters.get("server_max_window_bits") or 15),
-                options.get("mem_level", 8),
+                compressor._compression_level,
+                compressor._max_wbits,
+                compressor._mem_level,
             )
 
     # Taking over from Tornado

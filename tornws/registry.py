@@ -7,9 +7,9 @@ calls :meth:`Registry.deliver` back with an :class:`~tornws.broker.Envelope`.
 
 Guarantees:
 
-- Delivery iterates an immutable snapshot of the room, in the order the members
-  joined, so members may join and leave (even from inside ``deliver``) without
-  breaking a fan-out in progress.
+- Delivery iterates an immutable snapshot of the room (members in the order they
+  joined, within the groups described below), so members may join and leave
+  (even from inside ``deliver``) without breaking a fan-out in progress.
 - A member whose ``deliver`` raises is logged and removed from that room; the
   other members still receive the message.
 - ``leave_all`` removes a member from every room; tornws's handlers call it when
