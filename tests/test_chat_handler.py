@@ -282,3 +282,47 @@ async def test_since_that_cannot_be_recovered_says_so(ws_url: str, ws_connect: A
     assert info.value.code == 400
     assert info.value.response is not None
     assert b"expected <epoch>:<id>" in info.value.response.body
+
+
+def delivery_paths(registry: Any, room: str) -> tuple[int, int]:
+    """(members on the registry's direct path, members called one by one) in ``room``."""
+    plan = registry._rooms[room].get_plan()  # white box: the delivery plan itself
+    return sum(len(group.senders) for group in plan.direct), len(plan.others)
+
+
+@pytest.mark.gen_test
+async def test_chat_members_take_the_direct_path(
+    ws_url: str, ws_connect: Any, registry: Any
+) -> None:
+    """Greeted chat connections of both formats are delivered by the registry's direct
+    fan-out; a plain-text sender still does not get its own line back."""
+    ann = await text_user(ws_connect, ws_url, "ann", "fast")
+    bob = await json_user(ws_connect, ws_url, "bob", "fast")
+    assert await recv(ann) == "* bob joined"
+    assert delivery_paths(registry, "fast") == (2, 0)
+    await ann.write_message("hi from ann")
+    assert (await recv_json(bob))["text"] == "hi from ann"
+    await bob.write_message('{"type": "message", "text": "hi from bob"}')
+    assert await recv(ann) == "bob: hi from bob"
+    assert (await recv_json(bob))["text"] == "hi from bob"  # chat.json echoes
+    await nothing_more(ann)  # its own line did not come back
+
+
+@pytest.mark.gen_test
+async def test_resumed_chat_member_joins_the_direct_path_past_its_replay(
+    ws_url: str, ws_connect: Any, registry: Any
+) -> None:
+    """A chat.json client resuming with since= is delivered one by one only until it is
+    past what was replayed to it, then by the direct path, without duplicates."""
+    bob = await json_user(ws_connect, ws_url, "bob", "back")
+    await bob.write_message('{"type": "message", "text": "one"}')
+    last = await recv_json(bob)
+    url = f"{ws_url}/chat/back?nick=ann&since={last['epoch']}:{last['id']}"
+    ann = await ws_connect(url, subprotocols=["chat.json"])
+    assert (await recv_json(ann))["type"] == "presence"
+    assert (await recv_json(ann))["type"] == "resumed"
+    assert (await recv_json(ann))["type"] == "join"
+    assert delivery_paths(registry, "back") == (2, 0)
+    await bob.write_message('{"type": "message", "text": "two"}')
+    assert (await recv_json(ann))["text"] == "two"
+    await nothing_more(ann)

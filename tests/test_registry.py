@@ -255,3 +255,61 @@ def test_registry_asks_for_direct_delivery_once_per_join() -> None:
     registry.deliver(Envelope("r", 3, "z"))
     assert asked == ["a", "b"]
     assert first.received == ["X", "Y", "Z"] and second.received == ["Y"]
+
+
+class Lines:
+    """A codec like the plain-text chat's: no echo of a member's own payloads."""
+
+    echo_own = False
+
+    def encode(self, envelope: Envelope) -> Any:
+        return f"line {envelope.payload.text}"
+
+
+class Said:
+    def __init__(self, text: str, origin: str) -> None:
+        self.text, self.origin = text, origin
+
+
+def test_registry_direct_path_skips_the_origin_for_codecs_without_echo() -> None:
+    """For a codec with ``echo_own = False`` the member whose connection_id is the
+    payload's origin gets nothing; the other members
+    get the message, each once."""
+    registry = Registry()
+    lines, upper = Lines(), Upper()
+    members = [Direct(f"t{i}", lines) for i in range(4)] + [Direct("u", upper)]
+    for i, member in enumerate(members):
+        member.connection_id = f"c{i}"  # type: ignore[attr-defined]
+        registry.join("r", member)
+    for origin in ("c0", "c2", "c3", "elsewhere", ""):
+        for member in members:
+            member.received.clear()
+        registry.deliver(Envelope("r", 1, Said("hi", origin)))
+        assert [len(m.received) for m in members[:4]] == [
+            0 if origin == f"c{i}" else 1 for i in range(4)
+        ]
+
+
+def test_registry_update_moves_a_member_between_paths() -> None:
+    """``update`` asks a member's direct_delivery() again: a member that answered None
+    (called one by one) is on the direct path afterwards, in every room it is in."""
+    registry = Registry()
+
+    class Late(Direct):
+        ready = False
+
+        def direct_delivery(self) -> tuple[Any, Any] | None:  # type: ignore[override]
+            return super().direct_delivery() if self.ready else None
+
+        def deliver(self, envelope: Envelope) -> None:
+            self.received.append(("slow", envelope.payload))
+
+    late = Late("late", Upper())
+    registry.join("a", late)
+    registry.join("b", late)
+    registry.deliver(Envelope("a", 1, "x"))
+    late.ready = True
+    registry.update(late)
+    registry.deliver(Envelope("a", 2, "y"))
+    registry.deliver(Envelope("b", 1, "z"))
+    assert late.received == [("slow", "x"), "Y", "Z"]

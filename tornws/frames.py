@@ -17,7 +17,7 @@ from __future__ import annotations
 import codecs
 import enum
 import struct
-from typing import Callable, Protocol, Union
+from typing import Any, Callable, Protocol, Union
 
 from . import deflate
 from .exceptions import ProtocolError
@@ -234,7 +234,9 @@ class Reader:
         self.require_mask = require_mask
         self.paused = False
         self._buffer = bytearray()
-        self._parts: list[bytes] | None = None  # a fragmented message in progress
+        # A fragmented message in progress: its payloads, or for uncompressed text
+        # the text decoded so far.
+        self._parts: list[Any] | None = None
         self._opcode = 0
         self._size = 0
         self._compressed = False
@@ -364,17 +366,25 @@ class Reader:
         self._continue(payload, fin)
 
     def _continue(self, payload: bytes, fin: int) -> None:
-        assert self._parts is not None
+        parts = self._parts
+        assert parts is not None
         self._size += len(payload)
-        if self._decoder is not None:  # fail fast on invalid UTF-8 in a fragment
+        decoder = self._decoder
+        if decoder is not None:
+            # Uncompressed text: decoded as it arrives (failing fast on invalid
+            # UTF-8), and only once: the pieces of text are what is kept.
             try:
-                self._decoder.decode(payload, final=bool(fin))
+                parts.append(decoder.decode(payload, final=bool(fin)))
             except UnicodeDecodeError:
                 raise ProtocolError(CloseCode.INVALID_DATA, "invalid UTF-8") from None
-        self._parts.append(payload)
+            if fin:
+                self._parts, self._size, self._decoder = None, 0, None
+                self.delegate.on_data("".join(parts))
+            return
+        parts.append(payload)
         if not fin:
             return
-        message = b"".join(self._parts)
+        message = b"".join(parts)
         opcode, compressed = self._opcode, self._compressed
         self._parts, self._size, self._decoder = None, 0, None
         if compressed:

@@ -485,10 +485,13 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         while ``deliver`` is this class's and the connection runs on tornws's data
         plane, else ``None`` (``deliver`` is called). Asked when the handler joins a
         room: a handler that sets its ``codec`` does so before joining."""
+        if type(self).deliver is not WebSocketHandler.deliver:
+            return None
+        return self._direct_target()
+
+    def _direct_target(self) -> tuple[Any, Protocol] | None:
         connection = self.ws_connection
-        if type(self).deliver is WebSocketHandler.deliver and type(connection) is Protocol:
-            return self.codec, connection
-        return None
+        return (self.codec, connection) if type(connection) is Protocol else None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.request.path} id={self.connection_id}>"
@@ -606,12 +609,17 @@ class ChatHandler(WebSocketHandler):
         self.codec = chat.JSON if self.selected_subprotocol == "chat.json" else chat.TEXT
         if self.codec is not chat.JSON:
             self.since = None  # plain text does not resume
-        self.registry.join(self.room, self)
-        ready = self.registry.broker.ready(self.room)
+        registry = self.registry
+        if self.since is not None:
+            self._waiting = []  # (before joining: not on the direct path until greeted)
+        registry.join(self.room, self)
+        ready = registry.broker.ready(self.room)
         if ready is None and self.since is None:
             self._greet(None)
             return None
-        self._waiting = []
+        if self._waiting is None:
+            self._waiting = []
+            registry.update(self)
         return self._greet_when_ready(ready)
 
     async def _greet_when_ready(self, ready: Awaitable[None] | None) -> None:
@@ -641,6 +649,8 @@ class ChatHandler(WebSocketHandler):
         waiting, self._waiting = self._waiting, None
         for envelope in waiting or ():
             self.deliver(envelope)
+        if waiting is not None and self._seen is None:
+            self.registry.update(self)  # greeted: on the direct path from now on
         self.publish("join")
         self._joined = True
 
@@ -694,7 +704,22 @@ class ChatHandler(WebSocketHandler):
         """The nicks of the room's local members."""
         return [m.nick for m in self.registry.members(self.room) if isinstance(m, ChatHandler)]
 
+    def direct_delivery(self) -> tuple[Any, Protocol] | None:
+        """The registry's shortcut once the connection is greeted and past what it
+        was replayed (until then :meth:`deliver` holds or skips); the codec's
+        ``echo_own`` makes the registry skip a plain-text sender's own events."""
+        if (
+            self._waiting is not None
+            or self._seen is not None
+            or type(self).deliver is not ChatHandler.deliver
+        ):
+            return None
+        return self._direct_target()
+
     def deliver(self, envelope: Envelope) -> None:
+        """Hold envelopes until the greeting is sent, skip what the resume replayed,
+        and skip a plain-text user's own events; send the rest (the direct path
+        does the same without this call, see :meth:`direct_delivery`)."""
         if self._waiting is not None:
             self._waiting.append(envelope)
             return
@@ -703,6 +728,7 @@ class ChatHandler(WebSocketHandler):
             if envelope.epoch == epoch and 0 < envelope.offset <= offset:
                 return  # replayed already
             self._seen = None
+            self.registry.update(self)  # past the replay: on the direct path from now on
         event = envelope.payload
         if (
             not self.codec.echo_own

@@ -17,11 +17,15 @@ Guarantees:
 
 A member may also offer a shortcut, ``direct_delivery() -> (codec, sender)``,
 meaning "my ``deliver`` sends ``envelope.encode(codec)`` to
-``sender.send_message`` when it is not ``None``, nothing else". The registry then
-encodes once per codec and calls the senders in a plain loop, without a call to
-``deliver`` per member (tornws's handlers offer it unless a subclass overrides
-``deliver``). It is asked when the member joins: the answer must hold while the
-member stays in the room.
+``sender.send_message`` when it is not ``None``, nothing else" — except, for a
+codec whose ``echo_own`` is false, to the member whose ``connection_id`` is the
+payload's ``origin`` (a plain-text chat user does not get their own line back).
+The registry then encodes once per codec and calls the senders in a plain loop,
+without a call to ``deliver`` per member. It is asked when the member joins, and
+again when :meth:`Registry.update` is called for it: a member that needs its own
+``deliver`` for a while (a chat connection not greeted yet) answers ``None``
+then, and asks for an update once it does not. This is the one fan-out path of
+every room kind: ``/broadcast``, the chat, channels.
 """
 
 from __future__ import annotations
@@ -56,20 +60,31 @@ class Sender(Protocol):
     def send_message(self, message: Message, /) -> bool: ...
 
 
+class _Group(NamedTuple):
+    """The members of one room that take direct delivery with one codec."""
+
+    codec: Codec
+    senders: tuple[Sender, ...]
+    #: The members, index for index with ``senders``.
+    owners: tuple[Member, ...]
+    #: The codec's ``echo_own`` is false: a payload's ``origin`` member is skipped.
+    skip_origin: bool
+
+
 class _Plan(NamedTuple):
     """How to deliver to one room, computed when its membership changes."""
 
     members: tuple[Member, ...]
-    #: (codec, senders, their members): delivered without calling ``deliver``.
-    direct: tuple[tuple[Codec, tuple[Sender, ...], tuple[Member, ...]], ...]
+    #: Delivered without a call per member: one encode and one loop per group.
+    direct: tuple[_Group, ...]
     #: The members that get ``deliver(envelope)``.
     others: tuple[Member, ...]
 
 
-class _Room:
+class _Members:
     """One room's members, in join order, grouped the way a fan-out uses them."""
 
-    __slots__ = ("direct", "members", "others", "plan")
+    __slots__ = ("by_id", "direct", "members", "others", "plan")
 
     def __init__(self) -> None:
         #: member → its codec when it takes direct delivery, else None.
@@ -78,6 +93,8 @@ class _Room:
         self.direct: dict[Codec, dict[Member, Sender]] = {}
         #: The members that get ``deliver(envelope)``.
         self.others: dict[Member, None] = {}
+        #: connection id → member, for the members with direct delivery that have one.
+        self.by_id: dict[str, Member] = {}
         self.plan: _Plan | None = None
 
     def add(self, member: Member) -> None:
@@ -90,6 +107,9 @@ class _Room:
             codec, sender = target
             self.members[member] = codec
             self.direct.setdefault(codec, {})[member] = sender
+            connection_id = getattr(member, "connection_id", None)
+            if connection_id is not None:
+                self.by_id[connection_id] = member
         self.plan = None
 
     def remove(self, member: Member) -> None:
@@ -101,6 +121,9 @@ class _Room:
             del group[member]
             if not group:
                 del self.direct[codec]
+            connection_id = getattr(member, "connection_id", None)
+            if connection_id is not None:
+                self.by_id.pop(connection_id, None)
         self.plan = None
 
     def get_plan(self) -> _Plan:
@@ -110,7 +133,12 @@ class _Room:
             plan = self.plan = _Plan(
                 tuple(self.members),
                 tuple(
-                    (codec, tuple(group.values()), tuple(group))
+                    _Group(
+                        codec,
+                        tuple(group.values()),
+                        tuple(group),
+                        not getattr(codec, "echo_own", True),
+                    )
                     for codec, group in self.direct.items()
                 ),
                 tuple(self.others),
@@ -138,7 +166,7 @@ class Registry:
         # Members in the order they joined: a fan-out goes through them in that
         # order, which is about the order the kernel allocated their sockets in
         # (measured: sends in a shuffled order cost +25% at 10,000).
-        self._rooms: dict[str, _Room] = {}
+        self._rooms: dict[str, _Members] = {}
         self._memberships: dict[Member, set[str]] = {}
         self._guests = itertools.count(1)
         #: Every open tornws connection of the application (for shutdown and counts).
@@ -173,7 +201,7 @@ class Registry:
         """Add ``member`` to ``room``; ``False`` if it was a member already."""
         members = self._rooms.get(room)
         if members is None:
-            members = self._rooms[room] = _Room()
+            members = self._rooms[room] = _Members()
             self.broker.subscribe(room)
         elif member in members.members:
             return False
@@ -195,6 +223,14 @@ class Registry:
             del self._rooms[room]
             self.broker.unsubscribe(room)
         return True
+
+    def update(self, member: Member) -> None:
+        """Ask ``member``'s ``direct_delivery()`` again in every room it is in (a member
+        whose answer changed: e.g. a chat connection once its greeting is sent)."""
+        for room in self._memberships.get(member, ()):
+            members = self._rooms[room]
+            members.remove(member)
+            members.add(member)
 
     def leave_all(self, member: Member) -> list[str]:
         """Remove ``member`` from every room; return the rooms it left."""
@@ -241,25 +277,24 @@ class Registry:
         plan = room.get_plan()
         started = time.perf_counter()
         failed: list[Member] = []
-        for codec, senders, owners in plan.direct:
+        for group in plan.direct:
             try:
-                message = envelope.encode(codec)
+                message = envelope.encode(group.codec)
             except Exception:
-                self._failed(owners, envelope, failed)
+                self._failed(group.owners, envelope, failed)
                 continue
             if message is None:
                 continue
-            remaining = senders
-            while remaining:  # a plain loop (no index: no int allocated per receiver)
-                sender = None
-                try:
-                    for sender in remaining:
-                        sender.send_message(message)
-                    break
-                except Exception:  # `sender` raised: log it, go on from the next one
-                    index = senders.index(sender)
-                    self._failed((owners[index],), envelope, failed)
-                    remaining = senders[index + 1 :]
+            senders = group.senders
+            if group.skip_origin:
+                origin = room.by_id.get(getattr(envelope.payload, "origin", None) or "")
+                if origin is not None and room.members.get(origin) is group.codec:
+                    index = group.owners.index(origin)
+                    self._send(senders[:index], group.owners[:index], message, envelope, failed)
+                    index += 1
+                    self._send(senders[index:], group.owners[index:], message, envelope, failed)
+                    continue
+            self._send(senders, group.owners, message, envelope, failed)
         for member in plan.others:
             try:
                 member.deliver(envelope)
@@ -269,6 +304,27 @@ class Registry:
         for member in failed:
             self.leave(envelope.room, member)
         return len(plan.members) - len(failed)
+
+    def _send(
+        self,
+        senders: tuple[Sender, ...],
+        owners: tuple[Member, ...],
+        message: Message,
+        envelope: Envelope,
+        failed: list[Member],
+    ) -> None:
+        """``message`` to every sender, in order; one that raises is noted in ``failed``."""
+        remaining = senders
+        while remaining:  # a plain loop (no index: no int allocated per receiver)
+            sender = None
+            try:
+                for sender in remaining:
+                    sender.send_message(message)
+                return
+            except Exception:  # `sender` raised: log it, go on from the next one
+                index = senders.index(sender)
+                self._failed((owners[index],), envelope, failed)
+                remaining = senders[index + 1 :]
 
     @staticmethod
     def _failed(members: tuple[Member, ...], envelope: Envelope, failed: list[Member]) -> None:
