@@ -71,10 +71,11 @@ def test_bench_quick_checks_every_server(quick: tuple[str, str, dict, Path]) -> 
 
 def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> None:  # type: ignore[type-arg]
     """Every workload produced units, server CPU and (but memory) latencies for every subject
-    of its kind: the deflate lines on the --deflate subjects, the others on the rest."""
+    of its kind: the deflate lines on the --deflate subjects, the chat lines on tornws and
+    the asyncio version, the others on the rest."""
     _, stderr, data, _ = quick
     names = [w["name"] for w in data["workloads"]]
-    assert len(names) == 14
+    assert len(names) == 18
     fanout = [name for name in names if name.startswith("broadcast ")]
     assert fanout == [
         "broadcast 100 paced",
@@ -89,13 +90,23 @@ def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> 
         "deflate broadcast 100 paced 1 KiB",
         "deflate broadcast 100 burst 1 KiB",
     ]
+    chat = [name for name in names if name.startswith("chat")]
+    assert chat == [
+        "chat 100 paced",
+        "chat 100 burst",
+        "chat.json 100 paced",
+        "chat.json 100 burst",
+    ]
+    plain = [name for name in names if name not in deflate and name not in chat]
     for subject_name, subject in data["subjects"].items():
         if subject_name.endswith(("+deflate", "+shared")):
             mine = deflate
         elif subject_name == "floor":  # broadcasts only
             mine = fanout
+        elif subject_name == "raw-tornado":  # no chat
+            mine = plain
         else:
-            mine = names[:11]
+            mine = plain + chat
         assert sorted(subject["results"]) == sorted(mine), subject_name
         for name in mine:
             result = subject["results"][name]
@@ -109,8 +120,10 @@ def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> 
     assert math.isclose(
         data["subjects"]["asyncio+deflate"]["results"][deflate[1]]["ratio_to_asyncio"], 1
     )
+    assert set(data["chat_to_broadcast"]) == {"tornws", "asyncio"}
+    assert set(data["chat_to_broadcast"]["tornws"]) == set(chat)
     # One progress line per workload, and one for --allocations.
-    assert stderr.count("] tornws: ") == 11 + 1
+    assert stderr.count("] tornws: ") == 15 + 1
     assert stderr.count("] floor: ") == 5 + 1
     assert stderr.count("] tornws+shared: ") == 3 + 1
 
@@ -165,6 +178,14 @@ def test_bench_full_plan_matches_the_issue() -> None:
     assert full.scale == 0 and plan(quick=False, scale=True).scale == 10_000
     assert full.deflate == 0 and plan(quick=False, deflate=True).deflate == 1000
     assert full.rounds == 3 and plan(quick=True).rounds == 1  # broadcast lines: median of 3
+    assert full.chat_sizes == ((1000, 200),)  # chat rooms beside /broadcast to 1000
+
+
+def test_bench_workloads_that_match_nothing_is_an_error() -> None:
+    """--workloads REGEX that names no workload exits 2 saying so, before starting a server."""
+    result = run(tornws_command("bench", "--quick", "--workloads", "no such line"))
+    assert result.returncode == 2
+    assert "--workloads 'no such line' matches no workload" in result.stderr
 
 
 def test_bench_refuses_non_loopback_url() -> None:

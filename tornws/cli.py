@@ -280,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also the broadcasts on a bare loop of socket.send (no framework): the "
         "floor under any Python server here, and how it grows with the receivers",
     )
+    bench.add_argument(
+        "--workloads",
+        metavar="REGEX",
+        help="run only the workloads whose name matches (re.search), e.g. "
+        "'broadcast 1000|chat ' for the fan-out lines to 1000",
+    )
     bench.add_argument("--name", default="custom", help="the --url server's name in the table")
     bench.add_argument(
         "--asyncio-server",

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,8 @@ class Workload:
     group: str = ""
     #: The subject every ratio on this line is to.
     baseline: str = "asyncio"
+    #: The fan-out route its receivers use (:data:`tornws.bench.load.ROUTES`).
+    route: str = "broadcast"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class Plan:
     deflate: int = 0
     #: Rounds of each broadcast line on the same receivers; the median one is reported.
     rounds: int = 1
+    #: (members, messages) of the chat lines: one room, plain text and chat.json.
+    chat_sizes: tuple[tuple[int, int], ...] = ()
 
 
 def plan(quick: bool, scale: bool = False, deflate: bool = False) -> Plan:
@@ -69,11 +74,12 @@ def plan(quick: bool, scale: bool = False, deflate: bool = False) -> Plan:
     """
     if quick:
         return Plan(
-            True, 0.3, (100, 200), (10, 10), 100, 200, 500 if scale else 0, 100 if deflate else 0
-        )
+            True, 0.3, (100, 200), (10, 10), 100, 200, 500 if scale else 0, 100 if deflate else 0,
+            chat_sizes=((100, 10),),
+        )  # fmt: skip
     return Plan(
         False, 4.0, (1000, 5000), (200, 50), 2000, 5000, 10_000 if scale else 0,
-        1000 if deflate else 0, rounds=3,
+        1000 if deflate else 0, rounds=3, chat_sizes=((1000, 200),),
     )  # fmt: skip
 
 
@@ -104,6 +110,17 @@ def _workloads(p: Plan) -> list[Workload]:
             return await median(lambda: fanout.run(messages, paced, chat=True))
 
         return run
+
+    def room(route: str, receivers: int, messages: int, paced: bool) -> Workload:
+        """A chat line: ``receivers`` in one room on ``route``, 32-byte chat lines."""
+        how = "paced" if paced else "burst"
+        return Workload(
+            f"{route} {receivers} {how}",
+            "delivery",
+            grow(receivers, messages, paced),
+            "chat",
+            route=route,
+        )
 
     def deflate_memory(server: Any, fanout: load.Fanout) -> Any:
         return load.deflate_memory(server, fanout, p.deflate)
@@ -152,6 +169,12 @@ def _workloads(p: Plan) -> list[Workload]:
             [Workload(f"broadcast {p.scale} paced", "delivery", grow(p.scale, 50, True), "fanout")]
             if p.scale
             else []
+        ),
+        *(
+            room(route, receivers, messages, paced)
+            for receivers, messages in p.chat_sizes
+            for route in ("chat", "chat.json")
+            for paced in (True, False)
         ),
         Workload(
             f"handshake ×{p.handshakes}",
@@ -216,9 +239,14 @@ async def _run_subject(
                 if workload.group not in groups if groups else workload.group == "deflate":
                     continue
                 progress(f"{subject.name}: {workload.name}")
-                if workload.group not in ("fanout", "deflate") and fanout.clients:
+                if fanout.clients and (
+                    workload.group not in ("fanout", "deflate", "chat")
+                    or workload.route != fanout.route
+                ):
                     await fanout.close()
-                    fanout = load.Fanout(running, verify=quick, offer=offer)
+                    fanout = load.Fanout(running, verify=quick, offer=offer, route=workload.route)
+                elif not fanout.clients:
+                    fanout = load.Fanout(running, verify=quick, offer=offer, route=workload.route)
                 measurement = await workload.run(running, fanout)
                 results["results"][workload.name] = measurement
         finally:
@@ -237,8 +265,11 @@ async def run(
     progress: Callable[[str], None],
     scale: bool = False,
     deflate: bool = False,
+    *,
+    select: str | None = None,
 ) -> dict[str, Any]:
-    """Run every workload on every subject; return the report (see ``--json``)."""
+    """Run every workload (``select``: those whose name matches that regular expression)
+    on every subject; return the report (see ``--json``)."""
     from .subjects import raise_open_files_limit
 
     limit = raise_open_files_limit()
@@ -250,6 +281,11 @@ async def run(
     if cpus[1] is not None:
         os.sched_setaffinity(0, {cpus[1]})
     workloads = _workloads(p)
+    if select:
+        pattern = re.compile(select)
+        workloads = [w for w in workloads if pattern.search(w.name)]
+        if not workloads:
+            raise ConfigError(f"--workloads {select!r} matches no workload")
     report: dict[str, Any] = {
         "machine": machine(),
         "quick": quick,
@@ -339,7 +375,8 @@ def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int
         runner: Callable[[Any], Any] = uvloop.run
     except ImportError:
         runner = asyncio.run
-    report = runner(run(subjects, args.quick, progress, args.scale, args.deflate))
+    select = getattr(args, "workloads", None)
+    report = runner(run(subjects, args.quick, progress, args.scale, args.deflate, select=select))
     if args.allocations:
         report["allocations"] = runner(_allocations(subjects, args.quick, progress))
     out.write(reporting.table(report))

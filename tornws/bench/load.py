@@ -8,6 +8,7 @@ window, and per-unit latencies. Every loop is bounded in count and in time.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import statistics
 import time
@@ -260,7 +261,7 @@ class FanoutClient(WSListener):
             return
         index = self.count
         self.count = index + 1
-        if fanout.verify and int(payload[:8]) != index:
+        if fanout.verify and fanout.index_of(payload) != index:
             fanout.error = f"broadcast: message {index} arrived out of order"
             fanout.reached.set()  # stop waiting: run() raises it
             return
@@ -273,17 +274,35 @@ class FanoutClient(WSListener):
                 fanout.reached.set()
 
 
+#: The fan-out routes: /broadcast, and one chat room in plain text or in chat.json.
+ROUTES = ("broadcast", "chat", "chat.json")
+
+
 class Fanout:
-    """Receivers on /broadcast; one of them also sends.
+    """Receivers on one fan-out route; one of them (the first) also sends.
+
+    ``route``: ``"broadcast"`` (``/broadcast``: everyone, sender included, gets each
+    message), ``"chat"`` (one plain-text chat room: everyone but the sender gets
+    ``b0: <line>``) or ``"chat.json"`` (the same room in JSON: everyone, sender
+    included, gets a message event).
 
     ``offer``: a ``Sec-WebSocket-Extensions`` offer each receiver sends (the
     receivers count compressed frames without inflating them, unless ``verify``).
     """
 
-    def __init__(self, server: Running, verify: bool = False, offer: str | None = None) -> None:
+    def __init__(
+        self,
+        server: Running,
+        verify: bool = False,
+        offer: str | None = None,
+        route: str = "broadcast",
+    ) -> None:
+        if route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}, not {route!r}")
         self.server = server
         self.verify = verify
         self.offer = offer
+        self.route = route
         self.clients: list[FanoutClient] = []
         self.counts: list[int] = []
         self.sent_at: list[float] = []
@@ -299,18 +318,23 @@ class Fanout:
     async def grow(self, receivers: int) -> None:
         """Have ``receivers`` connections in all, each proven to receive broadcasts."""
         gate = asyncio.Semaphore(64)
-        headers = {"Sec-WebSocket-Extensions": self.offer} if self.offer else None
+        headers = {"Sec-WebSocket-Extensions": self.offer} if self.offer else {}
+        if self.route != "broadcast":
+            headers["Sec-WebSocket-Protocol"] = self.route
         # A cluster (several processes on one broker) spreads its receivers over all.
         urls: list[str] = getattr(self.server, "urls", None) or [self.server.url]
+
+        def path(index: int) -> str:
+            return "/broadcast" if self.route == "broadcast" else f"/chat/bench?nick=b{index}"
 
         async def one(index: int) -> FanoutClient:
             async with gate:
                 _, client = await asyncio.wait_for(
                     ws_connect(
                         lambda: FanoutClient(self),
-                        f"{urls[index % len(urls)]}/broadcast",
+                        f"{urls[index % len(urls)]}{path(index)}",
                         read_buffer_init_size=2048,
-                        extra_headers=headers,
+                        extra_headers=headers or None,
                     ),
                     STUCK,
                 )
@@ -325,7 +349,7 @@ class Fanout:
                 raise CheckFailed(f"only {self.warm} of {receivers} receivers registered")
             sender = self.clients[0].transport
             assert sender is not None
-            sender.send(WSMsgType.TEXT, b"w")
+            sender.send(WSMsgType.TEXT, self._line(b"w"))
             await asyncio.sleep(0.25)
         # Stray warm-ups must not land in the measured window: wait for quiet.
         while time.perf_counter() - self.last_received < 0.3:
@@ -338,6 +362,8 @@ class Fanout:
         paced (one at a time) or in one burst."""
         result = Measurement("delivery")
         receivers = len(self.clients)
+        if self.route == "chat":  # plain text: the sender does not get its own line
+            receivers -= 1
         self.expected = receivers
         self.counts = [0] * messages
         self.sent_at = [0.0] * messages
@@ -346,6 +372,7 @@ class Fanout:
             payloads = [f"{i:08d}".encode() + _chat_json(i) for i in range(messages)]
         else:
             payloads = [f"{i:08d}".encode().ljust(32, b".") for i in range(messages)]
+        payloads = [self._line(payload) for payload in payloads]
         sender = self.clients[0].transport
         assert sender is not None
         for client in self.clients:
@@ -366,6 +393,20 @@ class Fanout:
         result.units = messages * receivers
         result.latencies = self.latencies
         return result
+
+    def _line(self, payload: bytes) -> bytes:
+        """What the sender sends to publish ``payload`` on this route."""
+        if self.route == "chat.json":
+            return json.dumps({"type": "message", "text": payload.decode()}).encode()
+        return payload
+
+    def index_of(self, received: bytes) -> int:
+        """The index of the measured message ``received`` is (``verify`` only)."""
+        if self.route == "chat":
+            return int(received[4:12])  # "b0: 00000012..."
+        if self.route == "chat.json":
+            return int(json.loads(received)["text"][:8])
+        return int(received[:8])
 
     async def _reach(self, delivered: int) -> None:
         """Wait until ``delivered`` messages have reached every receiver."""

@@ -6,7 +6,16 @@ import math
 import re
 from typing import Any
 
-__all__ = ["baseline", "growth", "jsonable", "plot", "ratio", "summary", "table"]
+__all__ = [
+    "baseline",
+    "chat_to_broadcast",
+    "growth",
+    "jsonable",
+    "plot",
+    "ratio",
+    "summary",
+    "table",
+]
 
 BASELINE = "asyncio"
 
@@ -56,6 +65,24 @@ def growth(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if len(figures) > 1 and min(figures.values()) > 0:
             spread = max(figures.values()) / min(figures.values()) - 1
             result[subject] = {"figures": dict(sorted(figures.items())), "spread": round(spread, 3)}
+    return result
+
+
+_CHAT = re.compile(r"(chat|chat\.json) (\d+) (paced|burst)")
+
+
+def chat_to_broadcast(report: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per subject, each chat line's CPU per delivery over the same subject's
+    ``broadcast`` line with as many receivers, paced or burst alike (same run):
+    what a chat room costs beyond the bare fan-out."""
+    result: dict[str, dict[str, float]] = {}
+    for subject, data in report["subjects"].items():
+        results = data["results"]
+        for name, m in results.items():
+            match = _CHAT.fullmatch(name)
+            bare = results.get(f"broadcast {match.group(2)} {match.group(3)}") if match else None
+            if bare is not None and _figure(bare):
+                result.setdefault(subject, {})[name] = round(_figure(m) / _figure(bare), 3)
     return result
 
 
@@ -124,6 +151,13 @@ def table(report: dict[str, Any]) -> str:
             figures = " / ".join(f"{n}: {_fmt(v)}" for n, v in entry["figures"].items())
             lines.append(f"  {subject:<15} {figures}   spread {entry['spread']:+.0%}")
         lines.append("")
+    chats = chat_to_broadcast(report)
+    if chats:
+        lines.append("chat rooms, CPU per delivery over the same subject's /broadcast (same run):")
+        for subject, entry in chats.items():
+            figures = "  ".join(f"{name}: {value:.2f}×" for name, value in entry.items())
+            lines.append(f"  {subject:<15} {figures}")
+        lines.append("")
     lines.append(summary(report))
     return "\n".join(lines) + "\n"
 
@@ -172,7 +206,12 @@ def jsonable(report: dict[str, Any]) -> dict[str, Any]:
             results[workload] = entry
         subjects[name] = {"checks": data["checks"], "error": data["error"], "results": results}
     rest = {k: v for k, v in report.items() if k != "subjects"}
-    return {**rest, "subjects": subjects, "paced_growth": growth(report)}
+    return {
+        **rest,
+        "subjects": subjects,
+        "paced_growth": growth(report),
+        "chat_to_broadcast": chat_to_broadcast(report),
+    }
 
 
 def plot(report: dict[str, Any], path: str) -> None:

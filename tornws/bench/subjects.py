@@ -177,7 +177,11 @@ def builtin_subjects(asyncio_server: Path = ASYNCIO_SERVER) -> list[Subject]:
     return [
         Subject("tornws", [python, "-m", "tornws", "serve", "--port", "{port}", *quiet]),
         Subject("asyncio", [python, str(asyncio_server), "--port", "{port}", *quiet]),
-        Subject("raw-tornado", [python, "-m", "tornws.bench.raw_tornado", "--port", "{port}"]),
+        Subject(
+            "raw-tornado",
+            [python, "-m", "tornws.bench.raw_tornado", "--port", "{port}"],
+            groups=("memory", "echo", "fanout", "handshake"),  # no chat
+        ),
     ]
 
 
