@@ -47,6 +47,12 @@ def app(registry: tornws.Registry) -> Any:
 
 
 @pytest.fixture
+def node(app: Any) -> tornws.Node:
+    """The ``app``'s node: its open tornws connections and their counters."""
+    return tornws.Node.for_application(app)
+
+
+@pytest.fixture
 def ws_url(http_server: Any, http_port: int) -> str:
     """``ws://127.0.0.1:<port>`` of the running ``app``."""
     return f"ws://127.0.0.1:{http_port}"

@@ -97,11 +97,11 @@ async def mint(http_url: str, cookie: str | None) -> tornado.httpclient.HTTPResp
     )
 
 
-async def closed(connection: Any, registry: tornws.Registry) -> None:
+async def closed(connection: Any, node: tornws.Node) -> None:
     """Close ``connection`` and wait until the server has closed its side."""
     connection.close()
     for _ in range(200):
-        if not registry.connections:
+        if not node.connections:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the server kept the connection")
@@ -116,7 +116,11 @@ async def refusal(url: str) -> tuple[int, str]:
 
 @pytest.mark.gen_test
 async def test_ticket_flow_with_real_sockets(
-    http_url: str, ws_url: str, ws_connect: Any, registry: tornws.Registry, caplog: Any
+    http_url: str,
+    ws_url: str,
+    ws_connect: Any,
+    node: tornws.Node,
+    caplog: Any,
 ) -> None:
     caplog.set_level(logging.INFO)
     anonymous = await mint(http_url, None)
@@ -145,13 +149,13 @@ async def test_ticket_flow_with_real_sockets(
     everything = "\n".join(r.getMessage() for r in caplog.records)
     assert "close /chat/lobby" in everything or "open /chat/lobby" in everything
     assert ticket[:20] not in everything and cookie.split("=", 1)[1][:20] not in everything
-    assert registry.stats.rejections == {"ticket": 3}
-    await closed(connection, registry)
+    assert node.stats.rejections == {"ticket": 3}
+    await closed(connection, node)
 
 
 @pytest.mark.gen_test
 async def test_room_authorization_refuses_with_403_before_the_upgrade(
-    http_url: str, ws_url: str, ws_connect: Any, registry: tornws.Registry
+    http_url: str, ws_url: str, ws_connect: Any, registry: tornws.Registry, node: tornws.Node
 ) -> None:
     bob = json.loads((await mint(http_url, await login(http_url, "bob"))).body)["ticket"]
     assert await refusal(f"{ws_url}/chat/staff?ticket={bob}") == (403, "not allowed in room staff")
@@ -160,8 +164,8 @@ async def test_room_authorization_refuses_with_403_before_the_upgrade(
     connection = await ws_connect(f"{ws_url}/chat/staff?ticket={ann}")
     await connection.write_message("hello staff")
     assert [type(m).__name__ for m in registry.members("staff")] == ["ChatHandler"]
-    assert registry.stats.rejections == {"room": 1}
-    await closed(connection, registry)
+    assert node.stats.rejections == {"room": 1}
+    await closed(connection, node)
 
 
 class TestExpiryAndRequiredUser:
@@ -178,7 +182,7 @@ class TestExpiryAndRequiredUser:
 
     @pytest.mark.gen_test
     async def test_expired_ticket_and_require_user(
-        self, ws_url: str, ws_connect: Any, registry: tornws.Registry
+        self, ws_url: str, ws_connect: Any, node: tornws.Node
     ) -> None:
         ticket = self.tickets.mint("ann")
         await asyncio.sleep(0.3)
@@ -186,4 +190,4 @@ class TestExpiryAndRequiredUser:
         connection = await ws_connect(f"{ws_url}/t?ticket={self.tickets.mint('ann')}")
         await connection.write_message("in")
         assert await refusal(f"{ws_url}/signed-in") == (401, "authentication required")
-        await closed(connection, registry)
+        await closed(connection, node)

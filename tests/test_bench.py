@@ -146,8 +146,9 @@ def test_bench_quick_counts_allocations_per_delivery(quick: tuple[str, str, dict
     assert set(counts) == set(data["subjects"])
     assert all(count > 0 for name, count in counts.items() if name != "floor"), counts
     assert counts["tornws"] < 8, counts
-    # The bare send loop allocates per broadcast (its read, its frame), not per delivery.
-    assert counts["floor"] < counts["tornws"], counts
+    # The bare send loop allocates per broadcast (its read, its frame), not per delivery:
+    # a few per delivery at 100 receivers, far below a Task per delivery.
+    assert counts["floor"] < counts["asyncio"] / 4, counts
     assert "allocations per delivery (memray" in stdout
 
 

@@ -107,3 +107,14 @@ def test_error_and_presence_events() -> None:
         "room": "r",
         "members": ["a", "b"],
     }
+
+
+def test_chat_guest_names_count_up_per_application() -> None:
+    """Generated chat names are guest-1, guest-2, … per application."""
+    from types import SimpleNamespace
+
+    from tornws.chat import next_guest_name
+
+    one, two = SimpleNamespace(settings={}), SimpleNamespace(settings={})
+    assert [next_guest_name(one) for _ in range(3)] == ["guest-1", "guest-2", "guest-3"]
+    assert next_guest_name(two) == "guest-1"

@@ -169,7 +169,7 @@ async def test_an_offer_with_an_8_bit_window_is_declined_and_the_connection_work
     ws_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     offer = ClientPerMessageDeflateFactory(server_max_window_bits=8)
-    with caplog.at_level(logging.INFO, logger="tornws.protocol"):
+    with caplog.at_level(logging.INFO, logger="tornws.transport"):
         async with connect(f"{ws_url}/echo", extensions=[offer], compression=None) as websocket:
             assert websocket.response is not None
             assert "Sec-WebSocket-Extensions" not in websocket.response.headers

@@ -23,15 +23,15 @@ from wsclient import recv_until_closed
 
 @pytest.mark.gen_test(timeout=30)
 async def test_drain_flushes_then_closes_1001_and_refuses_newcomers(
-    registry: tornws.Registry, ws_url: str, http_url: str, ws_connect: Any
+    registry: tornws.Registry, node: tornws.Node, ws_url: str, http_url: str, ws_connect: Any
 ) -> None:
     clients = [await ws_connect(f"{ws_url}/broadcast") for _ in range(20)]
     while len(registry.members("broadcast:/broadcast")) < 20:
         await asyncio.sleep(0.01)
     for i in range(50):
         registry.publish("broadcast:/broadcast", Message(f"m{i}"))
-    draining = asyncio.ensure_future(tornws.drain(registry, window=0.5, timeout=5))
-    await asyncio.sleep(0)  # drain has begun: registry.draining is set
+    draining = asyncio.ensure_future(tornws.drain(node, window=0.5, timeout=5))
+    await asyncio.sleep(0)  # drain has begun: node.draining is set
     http = tornado.httpclient.AsyncHTTPClient()
     health = await http.fetch(f"{http_url}/healthz", raise_error=False)
     assert (health.code, health.body) == (503, b"draining\n")
@@ -45,7 +45,7 @@ async def test_drain_flushes_then_closes_1001_and_refuses_newcomers(
     for client, messages in zip(clients, received):
         assert messages == [f"m{i}" for i in range(50)]
         assert (client.close_code, client.close_reason) == (1001, "server shutting down")
-    assert registry.connections == set() and registry.stats.rejections["draining"] == 1
+    assert node.connections == set() and node.stats.rejections["draining"] == 1
 
 
 def serve(*extra: str) -> Server:

@@ -11,6 +11,7 @@ import tornws
 
 PUBLIC_MODULES = [
     "tornws.app",
+    "tornws.admission",
     "tornws.auth",
     "tornws.bench",
     "tornws.bench.load",
@@ -21,15 +22,20 @@ PUBLIC_MODULES = [
     "tornws.chat",
     "tornws.cli",
     "tornws.client",
+    "tornws.connection",
+    "tornws.deflate",
+    "tornws.demo",
     "tornws.exceptions",
     "tornws.frames",
     "tornws.handlers",
     "tornws.metrics",
+    "tornws.node",
     "tornws.page",
     "tornws.redis_broker",
     "tornws.registry",
     "tornws.server",
     "tornws.stats",
+    "tornws.transport",
 ]
 
 

@@ -157,20 +157,20 @@ async def test_connection_lifecycle_is_logged(
 
 @pytest.mark.gen_test
 async def test_closed_connections_leave_the_registry(
-    ws_url: str, ws_connect: Any, registry: Any
+    ws_url: str, ws_connect: Any, registry: Any, node: Any
 ) -> None:
     """Once a client goes, its connection is out of the registry and of every room."""
     connection = await ws_connect(f"{ws_url}/broadcast")
     await connection.write_message("x")
     await recv(connection)
-    assert len(registry.connections) == 1
+    assert len(node.connections) == 1
     assert len(registry.members("broadcast:/broadcast")) == 1
     connection.close()
     for _ in range(200):
-        if not registry.connections:
+        if not node.connections:
             break
         await asyncio.sleep(0.01)
-    assert registry.connections == set()
+    assert node.connections == set()
     assert registry.rooms() == []
 
 

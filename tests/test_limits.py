@@ -113,13 +113,13 @@ async def receive_all(reader: Any, count: int) -> list[str]:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_slow_consumer_is_closed_while_200_others_receive_on_time(
-    registry: tornws.Registry, ws_url: str, ws_connect: Any, http_port: int
+    registry: tornws.Registry, node: tornws.Node, ws_url: str, ws_connect: Any, http_port: int
 ) -> None:
     """Policy ``close``: the stuck client is closed (1008, counted, its queue freed) and
     everyone else gets the whole stream, in order, promptly."""
     await stuck_client(http_port, "/feed?rooms=bulk,stream")
     readers = await stream_to_many(registry, ws_url, ws_connect, "/feed")
-    stats = registry.stats
+    stats = node.stats
     for _ in range(8):  # 4 MiB for the stuck client only
         registry.publish("bulk", Message(BULK))
     started = time.monotonic()
@@ -133,14 +133,14 @@ async def test_slow_consumer_is_closed_while_200_others_receive_on_time(
     # Its unsent messages were freed at once; the one frame it was inside of may remain.
     assert stats.outgoing_bytes <= len(BULK) + 64
     # It never answers the close frame, so the socket is cut after the close timeout.
-    timeout = tornws.protocol.CLOSE_TIMEOUT + 5
-    await wait_for(lambda: len(registry.connections) == 200, timeout=timeout)
+    timeout = tornws.transport.CLOSE_TIMEOUT + 5
+    await wait_for(lambda: len(node.connections) == 200, timeout=timeout)
     assert registry.members("bulk") == ()
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_slow_consumer_misses_messages_under_drop(
-    registry: tornws.Registry, ws_url: str, ws_connect: Any, http_port: int
+    registry: tornws.Registry, node: tornws.Node, ws_url: str, ws_connect: Any, http_port: int
 ) -> None:
     """Policy ``drop``: the stuck client stays, its queue stays under the bound, the
     messages it cannot take are counted and skipped; the others get everything."""
@@ -152,30 +152,30 @@ async def test_slow_consumer_misses_messages_under_drop(
         registry.publish("stream", Message(f"m{i}"))
     received = await asyncio.gather(*(receive_all(r, 100) for r in readers))
     assert all(messages == [f"m{i}" for i in range(100)] for messages in received)
-    stats = registry.stats
+    stats = node.stats
     assert stats.slow_consumer_closes == 0
     # What did not fit was skipped (bulk frames); what fits under the bound is queued.
     assert stats.slow_consumer_drops >= 1
     assert 0 < stats.outgoing_bytes <= tornws.handlers.DEFAULT_MAX_OUTGOING
-    assert len(registry.connections) == 201  # still connected
+    assert len(node.connections) == 201  # still connected
     _stuck.pop().close()
-    await wait_for(lambda: len(registry.connections) == 200)  # the server saw it go
+    await wait_for(lambda: len(node.connections) == 200)  # the server saw it go
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_max_outgoing_option_and_write_message(
-    registry: tornws.Registry, http_server: Any, http_port: int
+    registry: tornws.Registry, node: tornws.Node, http_server: Any, http_port: int
 ) -> None:
     """``max_outgoing`` per route; ``write_message`` over it on a closing policy raises."""
     await stuck_client(http_port, "/feed-small?rooms=bulk")
-    await wait_for(lambda: len(registry.connections) == 1)
-    (handler,) = registry.connections
+    await wait_for(lambda: len(node.connections) == 1)
+    (handler,) = node.connections
     with pytest.raises(tornado.websocket.WebSocketClosedError):
         for _ in range(64):  # 32 MiB at most; the bound is 64 KiB past the kernel's buffers
             handler.write_message(BULK, binary=True)
-    assert registry.stats.slow_consumer_closes == 1
+    assert node.stats.slow_consumer_closes == 1
     _stuck.pop().close()
-    await wait_for(lambda: not registry.connections)
+    await wait_for(lambda: not node.connections)
 
 
 def rss_kib(pid: int) -> int:
@@ -234,24 +234,24 @@ class TestConnectionLimits:
 
     @pytest.mark.gen_test
     async def test_per_ip_then_global_limit_answer_503_before_the_upgrade(
-        self, registry: tornws.Registry, ws_url: str, ws_connect: Any
+        self, registry: tornws.Registry, node: tornws.Node, ws_url: str, ws_connect: Any
     ) -> None:
         first = [await ws_connect(f"{ws_url}/echo") for _ in range(3)]
         response = await refused(f"{ws_url}/echo")
         assert response.code == 503
         assert response.headers["Retry-After"] == "5"
         assert b"too many connections from your address (limit 3)" in response.body
-        assert registry.stats.rejections["connections_per_ip"] == 1
+        assert node.stats.rejections["connections_per_ip"] == 1
         # A closed connection frees its place.
         first[0].close()
-        await wait_for(lambda: len(registry.connections) == 2)
+        await wait_for(lambda: len(node.connections) == 2)
         again = await ws_connect(f"{ws_url}/echo")
         await again.write_message("in")
         assert await recv(again) == "in"
 
     @pytest.mark.gen_test
     async def test_global_limit(
-        self, registry: tornws.Registry, ws_url: str, ws_connect: Any, app: Any
+        self, registry: tornws.Registry, node: tornws.Node, ws_url: str, ws_connect: Any, app: Any
     ) -> None:
         # Every test client is 127.0.0.1: lift the per-address limit to reach the global one.
         app.settings["tornws_max_connections_per_ip"] = None
@@ -259,7 +259,7 @@ class TestConnectionLimits:
             await ws_connect(f"{ws_url}/echo")
         response = await refused(f"{ws_url}/chat")
         assert response.code == 503 and b"too many connections (limit 4)" in response.body
-        assert registry.stats.rejections == {"connections": 1}
+        assert node.stats.rejections == {"connections": 1}
 
 
 class TestOutgoingBudget:
@@ -272,17 +272,22 @@ class TestOutgoingBudget:
 
     @pytest.mark.gen_test(timeout=30)
     async def test_upgrades_get_503_while_too_much_is_unsent(
-        self, registry: tornws.Registry, ws_url: str, ws_connect: Any, http_port: int
+        self,
+        registry: tornws.Registry,
+        node: tornws.Node,
+        ws_url: str,
+        ws_connect: Any,
+        http_port: int,
     ) -> None:
         stuck = await stuck_client(http_port, "/feed?rooms=bulk")
-        await wait_for(lambda: len(registry.connections) == 1)
+        await wait_for(lambda: len(node.connections) == 1)
         for _ in range(16):
             registry.publish("bulk", Message(BULK))
-        assert registry.stats.outgoing_bytes > 256 * 1024
+        assert node.stats.outgoing_bytes > 256 * 1024
         response = await refused(f"{ws_url}/feed?rooms=x")
         assert response.code == 503 and b"server busy" in response.body
         stuck.close()  # the queue is freed with the connection
-        await wait_for(lambda: registry.stats.outgoing_bytes == 0)
+        await wait_for(lambda: node.stats.outgoing_bytes == 0)
         welcome = await ws_connect(f"{ws_url}/feed?rooms=x")
         registry.publish("x", Message("served again"))
         assert await recv(welcome) == "served again"
@@ -298,7 +303,7 @@ class TestRateAndIdle:
 
     @pytest.mark.gen_test(timeout=20)
     async def test_a_flood_is_closed_1008_and_others_keep_their_echo(
-        self, registry: tornws.Registry, ws_url: str, ws_connect: Any
+        self, registry: tornws.Registry, node: tornws.Node, ws_url: str, ws_connect: Any
     ) -> None:
         neighbour = await ws_connect(f"{ws_url}/echo")
         flood = await ws_connect(f"{ws_url}/echo")
@@ -307,24 +312,24 @@ class TestRateAndIdle:
         replies = await recv_until_closed(flood)
         assert replies == [f"{i}" for i in range(20)]  # the burst, then the close
         assert (flood.close_code, flood.close_reason) == (1008, "message rate limit")
-        assert registry.stats.rate_limited == 1
+        assert node.stats.rate_limited == 1
         await neighbour.write_message("still here")
         assert await recv(neighbour) == "still here"
 
     @pytest.mark.gen_test(timeout=20)
     async def test_within_the_rate_nothing_happens(
-        self, registry: tornws.Registry, ws_url: str, ws_connect: Any
+        self, registry: tornws.Registry, node: tornws.Node, ws_url: str, ws_connect: Any
     ) -> None:
         steady = await ws_connect(f"{ws_url}/echo")
         for i in range(30):  # 30 messages over 1.5 s: 20 per second, the limit
             await steady.write_message(f"{i}")
             assert await recv(steady) == f"{i}"
             await asyncio.sleep(0.05)
-        assert registry.stats.rate_limited == 0
+        assert node.stats.rate_limited == 0
 
     @pytest.mark.gen_test(timeout=20)
     async def test_idle_connection_is_closed_1000_but_a_talking_one_is_not(
-        self, registry: tornws.Registry, ws_url: str, ws_connect: Any
+        self, registry: tornws.Registry, node: tornws.Node, ws_url: str, ws_connect: Any
     ) -> None:
         idle = await ws_connect(f"{ws_url}/echo")
         talking = await ws_connect(f"{ws_url}/echo")
@@ -337,12 +342,12 @@ class TestRateAndIdle:
         assert (idle.close_code, idle.close_reason) == (1000, "idle timeout")
         assert 0.45 < time.monotonic() - started < 2
         assert talking.close_code is None
-        assert registry.stats.idle_closes == 1
+        assert node.stats.idle_closes == 1
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_stalled_coroutine_on_message_stops_reading(
-    registry: tornws.Registry, http_server: Any, http_port: int
+    registry: tornws.Registry, node: tornws.Node, http_server: Any, http_port: int
 ) -> None:
     """Inbound flow control: while ``on_message`` has not finished, the server reads
     nothing more, so a client's flood stays in the kernel's buffers and then blocks,
@@ -360,11 +365,11 @@ async def test_a_stalled_coroutine_on_message_stops_reading(
     with contextlib.suppress(BlockingIOError):
         accepted += sock.send(frame)
     assert accepted < 16 * 1024 * 1024, accepted  # kernel buffers only, not 64 MiB
-    (handler,) = registry.connections
+    (handler,) = node.connections
     assert handler.ws_connection.messages_in == 1  # the first message, still being handled
     # Not reading, it would notice the client leaving only by keepalive: cut it.
     handler.abort()
-    await wait_for(lambda: not registry.connections)
+    await wait_for(lambda: not node.connections)
 
 
 @pytest.mark.gen_test(timeout=30)

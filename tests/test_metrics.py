@@ -33,7 +33,7 @@ async def scrape(http_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 
 @pytest.mark.gen_test(timeout=20)
 async def test_metrics_count_connections_traffic_refusals_and_latencies(
-    http_url: str, ws_url: str, ws_connect: Any, registry: tornws.Registry
+    http_url: str, ws_url: str, ws_connect: Any, registry: tornws.Registry, node: tornws.Node
 ) -> None:
     echo = await ws_connect(f"{ws_url}/echo")
     listeners = [await ws_connect(f"{ws_url}/broadcast") for _ in range(3)]
@@ -66,14 +66,14 @@ async def test_metrics_count_connections_traffic_refusals_and_latencies(
 
     # A closed connection's traffic stays counted.
     echo.close()
-    while len(registry.connections) > 3:
+    while len(node.connections) > 3:
         await asyncio.sleep(0.01)
     after = await scrape(http_url)
     assert ("tornws_connections", (("handler", "EchoHandler"),)) not in after
     assert after[("tornws_messages_received_total", ())] == 6
     for listener in listeners:
         listener.close()
-    while registry.connections:
+    while node.connections:
         await asyncio.sleep(0.01)
 
 

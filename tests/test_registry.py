@@ -158,12 +158,6 @@ def test_registry_for_application_is_shared_and_checked() -> None:
         Registry.for_application(App({"tornws.registry": "not a registry"}))
 
 
-def test_registry_guest_names_count_up() -> None:
-    """Generated names are guest-1, guest-2, … per registry."""
-    registry = Registry()
-    assert [registry.next_guest_name() for _ in range(3)] == ["guest-1", "guest-2", "guest-3"]
-
-
 class Upper:
     """A codec: the payload upper-cased, ``None`` for payloads that are not ``str``."""
 

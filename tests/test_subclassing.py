@@ -63,7 +63,7 @@ def app(registry: tornws.Registry) -> Any:
 
 @pytest.mark.gen_test
 async def test_subclass_without_super_initialize(
-    ws_url: str, ws_connect: Any, registry: tornws.Registry
+    ws_url: str, ws_connect: Any, registry: tornws.Registry, node: tornws.Node
 ) -> None:
     """A handler with its own initialize() gets the default registry, limits and cleanup."""
     first = await ws_connect(f"{ws_url}/greet")
@@ -76,10 +76,10 @@ async def test_subclass_without_super_initialize(
     first.close()
     second.close()
     for _ in range(200):
-        if not registry.connections:
+        if not node.connections:
             break
         await asyncio.sleep(0.01)
-    assert registry.rooms() == [] and registry.connections == set()
+    assert registry.rooms() == [] and node.connections == set()
 
 
 @pytest.mark.gen_test

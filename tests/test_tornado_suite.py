@@ -1,7 +1,7 @@
 """Tornado's own WebSocket tests (from the installed Tornado) on tornws's data plane.
 
 Every ``tornado.websocket.WebSocketHandler`` in ``tornado/test/websocket_test.py``
-gets :class:`tornws.protocol.Protocol` instead of Tornado's
+gets :class:`tornws.transport.Transport` instead of Tornado's
 ``WebSocketProtocol13`` for its server side (the client side stays Tornado's).
 The tests that pin raw Tornado's own behaviour where tornws deliberately
 differs are listed in ``DIFFERENT`` with the reason, and asserted to fail.
@@ -17,7 +17,7 @@ import pytest
 import tornado.websocket
 from tornado.test import websocket_test as upstream
 
-from tornws.protocol import Protocol
+from tornws.transport import Transport
 
 #: Tests of Tornado's suite that check what tornws deliberately does differently.
 DIFFERENT: dict[str, str] = {
@@ -31,7 +31,7 @@ DIFFERENT: dict[str, str] = {
 
 @pytest.fixture(autouse=True)
 def tornws_data_plane(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every Tornado WebSocketHandler in these tests runs on tornws's Protocol.
+    """Every Tornado WebSocketHandler in these tests runs on tornws's Transport.
 
     Logging is set as Tornado's own runner sets it (its tests fail on any
     unexpected log line): no access log, and tornws's INFO lines about
@@ -41,9 +41,12 @@ def tornws_data_plane(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         tornado.websocket.WebSocketHandler,
         "get_websocket_protocol",
         # a plain function, so that it binds to each handler as a method does
-        lambda handler: Protocol.for_handler(handler),  # noqa: PLW0108
+        lambda handler: Transport.for_handler(handler),  # noqa: PLW0108
     )
-    quiet = [logging.getLogger(name) for name in ("tornado.access", "tornws.protocol")]
+    quiet = [
+        logging.getLogger(name)
+        for name in ("tornado.access", "tornws.transport", "tornws.connection")
+    ]
     levels = [logger.level for logger in quiet]
     for logger in quiet:
         logger.setLevel(logging.CRITICAL)

@@ -11,9 +11,12 @@ __version__ = "0.1.0"
 
 from .app import add_routes, make_app, routes
 from .broker import Broker, Codec, Envelope, MemoryBroker
+from .chat import ChatHandler
+from .demo import BroadcastHandler, EchoHandler
 from .exceptions import ConfigError, HandshakeError, TornwsError
 from .frames import CloseCode, Message
-from .handlers import BroadcastHandler, ChatHandler, EchoHandler, WebSocketHandler
+from .handlers import WebSocketHandler
+from .node import Node
 from .registry import Member, Registry
 from .server import drain, serve
 from .stats import Stats
@@ -31,6 +34,7 @@ __all__ = [
     "Member",
     "MemoryBroker",
     "Message",
+    "Node",
     "Registry",
     "Stats",
     "TornwsError",

@@ -16,9 +16,11 @@ from tornado.routing import URLSpec
 
 from . import deflate
 from .auth import log_request
-from .chat import ROOM_PATTERN
-from .handlers import DEFAULT_COMPRESSION, BroadcastHandler, ChatHandler, EchoHandler
+from .chat import ROOM_PATTERN, ChatHandler
+from .demo import BroadcastHandler, EchoHandler
+from .handlers import DEFAULT_COMPRESSION
 from .metrics import MetricsHandler
+from .node import Node
 from .page import STATIC_DIR, ChatPageHandler, StaticHandler
 from .registry import Registry
 
@@ -101,7 +103,7 @@ class HealthHandler(tornado.web.RequestHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
-        if Registry.for_application(self.application).draining:
+        if Node.for_application(self.application).draining:
             self.set_status(503)
             self.finish("draining\n")
         else:
@@ -133,7 +135,7 @@ def make_app(
     registry = registry if registry is not None else Registry()
     handlers: list[Any] = [
         URLSpec(r"/healthz", HealthHandler),
-        URLSpec(r"/metrics", MetricsHandler, {"registry": registry}),
+        URLSpec(r"/metrics", MetricsHandler),
         *routes(registry=registry, page=True, **(handler_options or {})),
     ]
     defaults = {"tornws.registry": registry, "log_function": log_request}

@@ -67,7 +67,12 @@ def _size(payload: object) -> int:
 
 
 class Codec(Protocol):
-    """Turns a published payload into the message one kind of member receives."""
+    """Turns a published payload into the message one kind of member receives.
+
+    A codec may also have ``echo_own = False``: then a payload with an ``origin``
+    attribute (a connection id) is not sent to that connection (see
+    :mod:`tornws.registry`).
+    """
 
     def encode(self, envelope: Envelope, /) -> Message | None:
         """Return the message to send, or ``None`` when this kind of member gets nothing."""
@@ -164,7 +169,7 @@ class Broker(abc.ABC):
         """Release connections and tasks."""
 
 
-class _Room:
+class _RoomHistory:
     __slots__ = ("emptied_at", "epoch", "history", "offset", "size", "subscribed")
 
     def __init__(self) -> None:
@@ -218,7 +223,7 @@ class MemoryBroker(Broker):
         self.history_bytes = history_bytes
         self.history_age = history_age
         self._clock = clock
-        self._rooms: dict[str, _Room] = {}
+        self._rooms: dict[str, _RoomHistory] = {}
         self._empty: dict[str, float] = {}  # empty rooms -> when they emptied, oldest first
         self._queue: collections.deque[tuple[str, object, bool]] = collections.deque()
         self._delivering = False
@@ -227,7 +232,7 @@ class MemoryBroker(Broker):
         self._forget_expired()
         state = self._rooms.get(room)
         if state is None:
-            state = self._rooms[room] = _Room()
+            state = self._rooms[room] = _RoomHistory()
         state.subscribed = True
         self._empty.pop(room, None)
 

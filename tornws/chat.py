@@ -1,4 +1,4 @@
-"""The chat: its events and the two wire formats (pure, no sockets).
+"""The chat: its events, its two wire formats, and :class:`ChatHandler`, which speaks them.
 
 Two subprotocols speak the same rooms:
 
@@ -7,36 +7,54 @@ Two subprotocols speak the same rooms:
   receive ``<nick>: <text>``, and ``* <nick> joined`` / ``* <nick> left``.
 
 A published :class:`ChatEvent` is encoded at most once per format per message,
-whatever the number of receivers (:meth:`tornws.broker.Envelope.encode`).
+whatever the number of receivers (:meth:`tornws.broker.Envelope.encode`), and
+the same frame goes to every member through the registry's direct fan-out. The
+codecs and the events are pure code (tested without sockets); the handler runs
+on tornws's data plane.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import itertools
 import json
+import logging
 import re
 import time
-from typing import Any, ClassVar
+from collections.abc import Awaitable
+from typing import Any, Callable, ClassVar
 
-from .broker import Envelope
-from .frames import Message
+from .broker import Codec, Envelope
+from .exceptions import HandshakeError, TornwsError
+from .frames import CloseCode, Message
+from .handlers import WebSocketHandler
+from .registry import Registry
+from .transport import Transport
 
 __all__ = [
     "JSON",
     "NICK_MAX_LENGTH",
+    "READY_TIMEOUT",
     "ROOM_PATTERN",
     "TEXT",
     "ChatEvent",
+    "ChatHandler",
     "ChatInputError",
     "JsonCodec",
     "TextCodec",
     "error_event",
+    "next_guest_name",
     "parse_since",
     "presence_event",
     "resumed_event",
     "validate_nick",
 ]
 
+log = logging.getLogger(__name__)
+
+#: Seconds a chat connection waits for its broker to read its room (Redis down?).
+READY_TIMEOUT = 2.0
 #: Room names: what ``/chat/<room>`` accepts (anything else is a 404).
 ROOM_PATTERN = r"[A-Za-z0-9_.~-]{1,64}"
 NICK_MAX_LENGTH = 32
@@ -80,7 +98,7 @@ class ChatEvent:
     origin: str = ""
 
 
-class ChatInputError(ValueError):
+class ChatInputError(TornwsError, ValueError):
     """A client's message could not be understood; ``code`` names the reason."""
 
     def __init__(self, code: str, detail: str) -> None:
@@ -211,3 +229,223 @@ def parse_since(value: str) -> tuple[str, int]:
 def error_event(code: str, detail: str) -> Message:
     """The ``error`` event (sent to one client; its connection stays open)."""
     return Message(_dumps({"type": "error", "code": code, "detail": detail}))
+
+
+def next_guest_name(application: Any) -> str:
+    """``guest-1``, ``guest-2``, …: a name for a user of ``application`` who gave none."""
+    counter = application.settings.setdefault(_GUESTS_KEY, itertools.count(1))
+    return f"guest-{next(counter)}"
+
+
+_GUESTS_KEY = "tornws.chat.guests"
+
+
+class ChatHandler(WebSocketHandler):
+    """Chat rooms over two subprotocols: ``chat.json`` (preferred) and ``chat`` (plain text).
+
+    The room is the URL's first path argument (``/chat/<room>``), else
+    ``default_room`` (``"lobby"``). The nick is the current user when there is
+    one (``get_current_user``), else the ``nick`` query argument, else a
+    generated ``guest-N``; an invalid nick is refused with HTTP 400.
+
+    ``room_authorizer``: a function ``(current_user, room) -> bool``; ``False``
+    refuses the upgrade with HTTP 403 (``not allowed in room <room>``).
+
+    A ``chat.json`` client that reconnects with ``since=<epoch>:<id>`` (the last
+    event it saw) first gets the events it missed, then a ``resumed`` event; or,
+    when the room's history cannot tell them all, only ``resumed`` with
+    ``recovered: false``.
+
+    Bad input never costs the connection in ``chat.json``: invalid JSON, an
+    unknown type or a binary message get an ``error`` event. A binary message
+    in plain text, which has no way to say so, closes the connection with 1003
+    (unsupported data). See ``docs/protocol.md``.
+    """
+
+    subprotocols = ("chat.json", "chat")
+
+    room: str
+    nick: str
+    # Defaults, for subclasses whose initialize() does not call super().initialize().
+    since: tuple[str, int] | None = None
+    room_authorizer: Callable[[Any, str], bool] | None = None
+    default_room = "lobby"
+    _waiting: list[Envelope] | None = None
+    _seen: tuple[str, int] | None = None
+    _joined = False
+
+    def initialize(
+        self,
+        registry: Registry | None = None,
+        *,
+        default_room: str = "lobby",
+        room_authorizer: Callable[[Any, str], bool] | None = None,
+        **options: Any,
+    ) -> None:
+        super().initialize(registry, **options)
+        self.default_room = default_room
+        self.room_authorizer = room_authorizer
+        self.room = ""
+        self.nick = ""
+        self.since: tuple[str, int] | None = None
+        # While the greeting is not sent (a broker that needs time): deliveries wait here.
+        self._waiting: list[Envelope] | None = None
+        # After a resume: events up to this (epoch, offset) were seen already.
+        self._seen: tuple[str, int] | None = None
+        self._joined = False
+
+    def before_upgrade(self, room: str | None = None) -> None:
+        """Choose the nick (400 if invalid) and check the room (403 if not allowed)."""
+        user = self.current_user
+        nick = str(user) if user is not None else self.get_query_argument("nick", "")
+        if nick:
+            try:
+                validate_nick(nick)
+            except ValueError as exc:
+                raise HandshakeError(400, str(exc), kind="nick") from None
+        self.nick = nick
+        since = self.get_query_argument("since", "")
+        if since:
+            try:
+                self.since = parse_since(since)
+            except ValueError as exc:
+                raise HandshakeError(400, str(exc), kind="since") from None
+        room = room or self.default_room
+        if self.room_authorizer is not None and not self.room_authorizer(user, room):
+            raise HandshakeError(403, f"not allowed in room {room}", kind="room")
+
+    def open(self, room: str | None = None) -> Awaitable[None] | None:
+        self.room = room or self.default_room
+        if not self.nick:
+            self.nick = next_guest_name(self.application)
+        self.codec = JSON if self.selected_subprotocol == "chat.json" else TEXT
+        if self.codec is not JSON:
+            self.since = None  # plain text does not resume
+        registry = self.registry
+        if self.since is not None:
+            self._waiting = []  # (before joining: not on the direct path until greeted)
+        registry.join(self.room, self)
+        ready = registry.broker.ready(self.room)
+        if ready is None and self.since is None:
+            self._greet(None)
+            return None
+        if self._waiting is None:
+            self._waiting = []
+            registry.update(self)
+        return self._greet_when_ready(ready)
+
+    async def _greet_when_ready(self, ready: Awaitable[None] | None) -> None:
+        if ready is not None:
+            try:  # (shared by every joiner of the room: not to be cancelled by one)
+                await asyncio.wait_for(asyncio.shield(ready), READY_TIMEOUT)
+            except asyncio.TimeoutError:
+                log.warning(
+                    "room %r not ready after %.0f s: greeting anyway", self.room, READY_TIMEOUT
+                )
+        missed = None
+        if self.since is not None:
+            missed = await self.registry.broker.recover(self.room, *self.since)
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return
+        self._greet(missed)
+
+    def _greet(self, missed: list[Envelope] | None) -> None:
+        """Presence (or the plain-text welcome), what was missed, then our own join."""
+        if self.codec is JSON:
+            self.send(presence_event(self.room, self.nicks()))
+            if self.since is not None:
+                self._replay(missed)
+        else:
+            others = ", ".join(sorted(self.nicks()))
+            self.send(Message(f"* you are {self.nick} in {self.room}; here: {others}"))
+        waiting, self._waiting = self._waiting, None
+        for envelope in waiting or ():
+            self.deliver(envelope)
+        if waiting is not None and self._seen is None:
+            self.registry.update(self)  # greeted: on the direct path from now on
+        self.publish("join")
+        self._joined = True
+
+    def on_message(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            if self.codec is JSON:
+                self.send(error_event("unsupported_data", "send text, not binary"))
+            else:
+                self.close(CloseCode.UNSUPPORTED_DATA, "the chat takes text messages only")
+            return
+        if self.codec is TEXT:
+            line = TEXT.decode(message)
+            if line:
+                self.publish("message", line)
+            return
+        try:
+            body = JSON.decode(message)
+        except ChatInputError as exc:
+            self.send(error_event(exc.code, exc.detail))
+            return
+        if body["type"] == "message":
+            self.publish("message", body["text"])
+        else:  # "presence"
+            self.send(presence_event(self.room, self.nicks()))
+
+    def on_close(self) -> None:
+        # (A connection that closed before its greeting never said it joined.)
+        if self.room and self.registry.leave(self.room, self) and self._joined:
+            self.publish("leave")
+
+    def _replay(self, missed: list[Envelope] | None) -> None:
+        """Send what was missed since :attr:`since`, then ``resumed``."""
+        assert self.since is not None
+        if missed is None:
+            self.send(resumed_event(self.room, False, 0))
+            return
+        for envelope in missed:
+            message = envelope.encode(self.codec)
+            if message is not None:
+                self.send(message)
+        epoch, offset = self.since
+        self._seen = (epoch, max([offset, *(e.offset for e in missed)]))
+        self.send(resumed_event(self.room, True, len(missed)))
+
+    def publish(self, kind: str, text: str = "") -> None:
+        """Publish a chat event of this connection to its room."""
+        event = ChatEvent(kind, self.nick, text, origin=self.connection_id)
+        self.registry.publish(self.room, event)
+
+    def nicks(self) -> list[str]:
+        """The nicks of the room's local members."""
+        return [m.nick for m in self.registry.members(self.room) if isinstance(m, ChatHandler)]
+
+    def direct_delivery(self) -> tuple[Codec, Transport] | None:
+        """The registry's shortcut once the connection is greeted and past what it
+        was replayed (until then :meth:`deliver` holds or skips); the codec's
+        ``echo_own`` makes the registry skip a plain-text sender's own events."""
+        if (
+            self._waiting is not None
+            or self._seen is not None
+            or type(self).deliver is not ChatHandler.deliver
+        ):
+            return None
+        return self._direct_target()
+
+    def deliver(self, envelope: Envelope) -> None:
+        """Hold envelopes until the greeting is sent, skip what the resume replayed,
+        and skip a plain-text user's own events; send the rest (the direct path
+        does the same without this call, see :meth:`direct_delivery`)."""
+        if self._waiting is not None:
+            self._waiting.append(envelope)
+            return
+        if self._seen is not None:
+            epoch, offset = self._seen
+            if envelope.epoch == epoch and 0 < envelope.offset <= offset:
+                return  # replayed already
+            self._seen = None
+            self.registry.update(self)  # past the replay: on the direct path from now on
+        event = envelope.payload
+        if (
+            not getattr(self.codec, "echo_own", True)
+            and isinstance(event, ChatEvent)
+            and event.origin == self.connection_id
+        ):
+            return
+        super().deliver(envelope)

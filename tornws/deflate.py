@@ -30,7 +30,20 @@ import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional, Union
 
-__all__ = ["OPTION_KEYS", "check_options", "compress", "negotiate", "parse_offers"]
+from .exceptions import ProtocolError
+
+__all__ = [
+    "OPTION_KEYS",
+    "Compressor",
+    "Decompressor",
+    "Setting",
+    "answer_header",
+    "check_options",
+    "compress",
+    "compressors",
+    "negotiate",
+    "parse_offers",
+]
 
 #: The ``compression`` keys this module reads, besides Tornado's.
 OPTION_KEYS = frozenset(
@@ -153,3 +166,81 @@ def compress(payload: bytes, level: int, wbits: int, mem_level: int) -> bytes:
     compressor = zlib.compressobj(level, zlib.DEFLATED, -wbits, mem_level)
     data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
     return data[:-4]  # the 00 00 ff ff that ends a sync flush
+
+
+#: (level, window bits, memory level): what a compressor compresses with.
+Setting = tuple[int, int, int]
+
+
+class Compressor:
+    """Compresses outgoing messages: one zlib stream kept across messages (context
+    takeover), or each message on its own (``persistent=False``)."""
+
+    __slots__ = ("_stream", "setting")
+
+    def __init__(self, setting: Setting, *, persistent: bool) -> None:
+        self.setting = setting
+        self._stream = self._new() if persistent else None
+
+    def _new(self) -> Any:
+        level, wbits, mem_level = self.setting
+        return zlib.compressobj(level, zlib.DEFLATED, -wbits, mem_level)
+
+    def compress(self, payload: bytes) -> bytes:
+        """One message's compressed payload (RFC 7692 7.2.1)."""
+        stream = self._stream or self._new()
+        data: bytes = stream.compress(payload) + stream.flush(zlib.Z_SYNC_FLUSH)
+        return data[:-4]  # the 00 00 ff ff that ends a sync flush
+
+
+class Decompressor:
+    """Inflates incoming messages, refusing (1009) one that inflates past ``max_size``."""
+
+    __slots__ = ("_stream", "max_size", "wbits")
+
+    def __init__(self, wbits: int, *, persistent: bool, max_size: int) -> None:
+        self.wbits = wbits
+        self.max_size = max_size
+        self._stream = zlib.decompressobj(-wbits) if persistent else None
+
+    def decompress(self, data: bytes) -> bytes:
+        """One message's payload, inflated.
+
+        Raises:
+            ProtocolError: 1009 when it is over ``max_size``; 1007 when it is not deflate.
+        """
+        stream = self._stream or zlib.decompressobj(-self.wbits)
+        try:
+            result: bytes = stream.decompress(data + b"\x00\x00\xff\xff", self.max_size)
+        except zlib.error as exc:
+            raise ProtocolError(1007, f"cannot inflate: {exc}") from None
+        if stream.unconsumed_tail:
+            raise ProtocolError(1009, "message too big")
+        return result
+
+
+def compressors(
+    answer: Params, options: Mapping[str, Any], max_size: int
+) -> tuple[Compressor, Decompressor]:
+    """The server's compressor and decompressor for an agreed ``answer``
+    (:func:`negotiate`), with ``options``' level and memory level."""
+    setting = (
+        int(options.get("compression_level", 6)),
+        int(answer.get("server_max_window_bits") or 15),
+        int(options.get("mem_level", 8)),
+    )
+    compressor = Compressor(setting, persistent="server_no_context_takeover" not in answer)
+    decompressor = Decompressor(
+        int(answer.get("client_max_window_bits") or 15),
+        persistent="client_no_context_takeover" not in answer,
+        max_size=max_size,
+    )
+    return compressor, decompressor
+
+
+def answer_header(answer: Params) -> str:
+    """The ``Sec-WebSocket-Extensions`` response header that sends ``answer``
+    (parameters sorted by name)."""
+    parts = ["permessage-deflate"]
+    parts += [key if value is None else f"{key}={value}" for key, value in sorted(answer.items())]
+    return "; ".join(parts)

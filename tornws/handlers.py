@@ -45,26 +45,27 @@ are logged by Tornado at ERROR on ``tornado.application``.
 
 from __future__ import annotations
 
-import asyncio
+import http.client
 import itertools
 import logging
 import os
 import time
-import urllib.parse
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from typing import Any, Callable, ClassVar
 
 import tornado.web
 import tornado.websocket
 
-from . import chat, deflate
-from .auth import TicketError, Tickets
-from .broker import Envelope
+from . import admission, deflate
+from .admission import DEFAULT_OUTGOING_BUDGET, origin_allowed
+from .auth import Tickets
+from .broker import Codec, Envelope
 from .exceptions import HandshakeError
-from .frames import CloseCode, Message
-from .protocol import Protocol
+from .frames import Message
+from .node import Node
 from .registry import Registry
 from .stats import Stats
+from .transport import Transport, check_handshake
 
 __all__ = [
     "DEFAULT_COMPRESSION",
@@ -74,11 +75,8 @@ __all__ = [
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_PING_TIMEOUT",
     "DEFAULT_RETRY_AFTER",
-    "BroadcastHandler",
-    "ChatHandler",
-    "EchoHandler",
+    "VERBATIM",
     "WebSocketHandler",
-    "origin_allowed",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,13 +92,9 @@ DEFAULT_PING_TIMEOUT = 20.0
 #: applies: a second of a busy chat room, many times over; 1000 stuck receivers
 #: hold at most 1 GiB, and the outgoing budget stops new upgrades long before.
 DEFAULT_MAX_OUTGOING = 1024 * 1024
-#: Bytes unsent over all connections above which upgrades get 503.
-DEFAULT_OUTGOING_BUDGET = 256 * 1024 * 1024
 #: Seconds a refused client is asked to wait (``Retry-After``).
 DEFAULT_RETRY_AFTER = 5
 SLOW_CONSUMER_POLICIES = ("close", "drop")
-#: Seconds a chat connection waits for its broker to read its room (Redis down?).
-READY_TIMEOUT = 2.0
 #: permessage-deflate settings under whatever ``compression`` gives. Level 1:
 #: on Autobahn case 12.3.15 (1000 × 128 KiB) the server spent 4.9 s of CPU at
 #: level 1 against 12.9 s at Tornado's level 6, for chat-sized JSON 2.3 µs
@@ -165,11 +159,12 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     tornado_data_plane: ClassVar[bool] = False
 
     #: How published envelopes are turned into messages for this connection.
-    codec: chat.TextCodec | chat.JsonCodec | _Verbatim = VERBATIM
+    codec: Codec = VERBATIM
 
     # Option defaults, so that a subclass whose initialize() does not call
     # super().initialize() still works with every default.
     _registry: Registry | None = None
+    _node: Node | None = None
     _compression: dict[str, Any] | None = None
     _origins: frozenset[str] = frozenset()
     _max_message_size: int | None = None
@@ -233,9 +228,16 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         return self._registry
 
     @property
+    def node(self) -> Node:
+        """The application's :class:`~tornws.node.Node` (its open connections and counters)."""
+        if self._node is None:
+            self._node = Node.for_application(self.application)
+        return self._node
+
+    @property
     def tornws_stats(self) -> Stats:
-        """The counters of this handler's registry (read by the data plane)."""
-        return self.registry.stats
+        """The counters of this handler's node (read by the data plane)."""
+        return self.node.stats
 
     # Tornado hooks, with tornws defaults
 
@@ -263,20 +265,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         authentication, so ``current_user`` is known."""
 
     def _admission(self) -> tuple[str, str] | None:
-        registry = self.registry
-        if registry.draining:
-            return "draining", "server shutting down; retry on another instance"
-        settings = self.settings
-        limit = settings.get("tornws_max_connections")
-        if limit is not None and len(registry.connections) >= limit:
-            return "connections", f"too many connections (limit {limit})"
-        limit = settings.get("tornws_max_connections_per_ip")
-        if limit is not None and registry.stats.by_ip[self.request.remote_ip or ""] >= limit:
-            return "connections_per_ip", f"too many connections from your address (limit {limit})"
-        budget = settings.get("tornws_outgoing_budget", DEFAULT_OUTGOING_BUDGET)
-        if budget and registry.stats.outgoing_bytes > budget:
-            return "outgoing_budget", "server busy: too much unsent data"
-        return None
+        return admission.over_limit(self.node, self.settings, self.request.remote_ip or "")
 
     @property
     def max_message_size(self) -> int:
@@ -314,13 +303,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         """With ``tickets``: the user of the ``ticket`` query argument (redeemed
         here, once). Else the ``user_loader``'s answer, else ``None``."""
         if self._tickets is not None:
-            ticket = self.get_query_argument("ticket", "")
-            if not ticket:
-                raise HandshakeError(401, "ticket required", kind="ticket")
-            try:
-                return self._tickets.redeem(ticket)
-            except TicketError as exc:
-                raise HandshakeError(401, str(exc), kind="ticket") from None
+            return admission.ticket_user(self._tickets, self.get_query_argument("ticket", ""))
         return self._user_loader(self) if self._user_loader is not None else None
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
@@ -366,9 +349,8 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         status = self.get_status()
         if status == 101:
             self._opened_at = time.monotonic()
-            self.registry.connections.add(self)
             self._counted_ip = ip = self.request.remote_ip or ""
-            self.registry.stats.by_ip[ip] += 1
+            self.node.opened(self, ip)
             log.info(
                 "open %s peer=%s subprotocol=%s id=%s",
                 self.request.path,
@@ -378,7 +360,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             )
         else:
             reason = self._refusal or self._refusal_reason(status)
-            self.registry.stats.rejections[self._refusal_kind or str(status)] += 1
+            self.node.stats.rejections[self._refusal_kind or str(status)] += 1
             log.info(
                 "refused %s peer=%s status=%d reason=%r",
                 self.request.path,
@@ -397,7 +379,11 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             return "not a WebSocket upgrade request"
         if status == 426:
             return f"unsupported Sec-WebSocket-Version {headers.get('Sec-WebSocket-Version')!r}"
-        return self._reason
+        problem = check_handshake(self.request) if status in (400, 505) else None
+        if problem is not None:
+            self._refusal_kind = "handshake"
+            return problem
+        return http.client.responses.get(status, "")
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, HandshakeError):
@@ -412,15 +398,10 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         super().on_connection_close()  # runs on_close()
         if opened_at is None:
             return
-        registry = self.registry
-        registry.connections.discard(self)
-        registry.leave_all(self)
+        self.registry.leave_all(self)
         ip, self._counted_ip = self._counted_ip, None
         if ip is not None:
-            by_ip = registry.stats.by_ip
-            by_ip[ip] -= 1
-            if by_ip[ip] <= 0:
-                del by_ip[ip]
+            self.node.closed(self, ip)
         log.info(
             "close %s peer=%s code=%s reason=%r duration=%.3fs messages_in=%s messages_out=%s "
             "id=%s",
@@ -437,17 +418,19 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     # tornws additions
 
     def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
-        """tornws's data plane (:class:`tornws.protocol.Protocol`), unless
+        """tornws's data plane (:class:`tornws.transport.Transport`), unless
         :attr:`tornado_data_plane` asks for Tornado's own."""
         if self.tornado_data_plane:
             return super().get_websocket_protocol()
-        return Protocol.for_handler(self)
+        return Transport.for_handler(self)
 
     def abort(self) -> None:
         """Close the TCP connection now, without a closing handshake."""
         connection = self.ws_connection
-        if connection is not None:
-            connection._abort()
+        if isinstance(connection, Transport):
+            connection.abort()
+        elif connection is not None:
+            connection.on_connection_close()  # Tornado's data plane: its abort
 
     def send(self, message: Message) -> bool:
         """Queue ``message`` for this connection without waiting.
@@ -460,7 +443,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         connection = self.ws_connection
         if connection is None:
             return False
-        if type(connection) is Protocol:
+        if type(connection) is Transport:
             return connection.send_message(message)
         if connection.is_closing():
             return False
@@ -480,7 +463,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         if message is not None:
             self.send(message)
 
-    def direct_delivery(self) -> tuple[Any, Protocol] | None:
+    def direct_delivery(self) -> tuple[Codec, Transport] | None:
         """The registry's shortcut (see :mod:`tornws.registry`): ``(codec, protocol)``
         while ``deliver`` is this class's and the connection runs on tornws's data
         plane, else ``None`` (``deliver`` is called). Asked when the handler joins a
@@ -489,279 +472,9 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             return None
         return self._direct_target()
 
-    def _direct_target(self) -> tuple[Any, Protocol] | None:
+    def _direct_target(self) -> tuple[Codec, Transport] | None:
         connection = self.ws_connection
-        return (self.codec, connection) if type(connection) is Protocol else None
+        return (self.codec, connection) if type(connection) is Transport else None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.request.path} id={self.connection_id}>"
-
-
-class EchoHandler(WebSocketHandler):
-    """Sends every message back to its sender: text stays text, binary stays binary."""
-
-    def on_message(self, message: str | bytes) -> None:
-        self.send(Message(message))
-
-
-class BroadcastHandler(WebSocketHandler):
-    """Relays every message, verbatim and with its type, to every connection on the route.
-
-    The sender receives its own messages too. The message is encoded once, and
-    the same :class:`~tornws.frames.Message` is handed to every receiver.
-
-    Args (``initialize``, besides the common ones):
-        room: the registry room the route's connections share; by default the
-            request path, so two broadcast routes never mix.
-    """
-
-    def initialize(
-        self, registry: Registry | None = None, *, room: str | None = None, **options: Any
-    ) -> None:
-        super().initialize(registry, **options)
-        self.room = room if room is not None else f"broadcast:{self.request.path}"
-
-    def open(self, *args: str, **kwargs: str) -> None:
-        self.registry.join(self.room, self)
-
-    def on_message(self, message: str | bytes) -> None:
-        self.registry.publish(self.room, Message(message), keep=False)  # nobody resumes it
-
-
-class ChatHandler(WebSocketHandler):
-    """Chat rooms over two subprotocols: ``chat.json`` (preferred) and ``chat`` (plain text).
-
-    The room is the URL's first path argument (``/chat/<room>``), else
-    ``default_room`` (``"lobby"``). The nick is the current user when there is
-    one (``get_current_user``), else the ``nick`` query argument, else a
-    generated ``guest-N``; an invalid nick is refused with HTTP 400.
-
-    ``room_authorizer``: a function ``(current_user, room) -> bool``; ``False``
-    refuses the upgrade with HTTP 403 (``not allowed in room <room>``).
-
-    A ``chat.json`` client that reconnects with ``since=<epoch>:<id>`` (the last
-    event it saw) first gets the events it missed, then a ``resumed`` event; or,
-    when the room's history cannot tell them all, only ``resumed`` with
-    ``recovered: false``.
-
-    Bad input never costs the connection in ``chat.json``: invalid JSON, an
-    unknown type or a binary message get an ``error`` event. A binary message
-    in plain text, which has no way to say so, closes the connection with 1003
-    (unsupported data). See ``docs/protocol.md``.
-    """
-
-    subprotocols = ("chat.json", "chat")
-
-    room: str
-    nick: str
-    # Defaults, for subclasses whose initialize() does not call super().initialize().
-    since: tuple[str, int] | None = None
-    room_authorizer: Callable[[Any, str], bool] | None = None
-    default_room = "lobby"
-    _waiting: list[Envelope] | None = None
-    _seen: tuple[str, int] | None = None
-    _joined = False
-
-    def initialize(
-        self,
-        registry: Registry | None = None,
-        *,
-        default_room: str = "lobby",
-        room_authorizer: Callable[[Any, str], bool] | None = None,
-        **options: Any,
-    ) -> None:
-        super().initialize(registry, **options)
-        self.default_room = default_room
-        self.room_authorizer = room_authorizer
-        self.room = ""
-        self.nick = ""
-        self.since: tuple[str, int] | None = None
-        # While the greeting is not sent (a broker that needs time): deliveries wait here.
-        self._waiting: list[Envelope] | None = None
-        # After a resume: events up to this (epoch, offset) were seen already.
-        self._seen: tuple[str, int] | None = None
-        self._joined = False
-
-    def before_upgrade(self, room: str | None = None) -> None:
-        """Choose the nick (400 if invalid) and check the room (403 if not allowed)."""
-        user = self.current_user
-        nick = str(user) if user is not None else self.get_query_argument("nick", "")
-        if nick:
-            try:
-                chat.validate_nick(nick)
-            except ValueError as exc:
-                raise HandshakeError(400, str(exc), kind="nick") from None
-        self.nick = nick
-        since = self.get_query_argument("since", "")
-        if since:
-            try:
-                self.since = chat.parse_since(since)
-            except ValueError as exc:
-                raise HandshakeError(400, str(exc), kind="since") from None
-        room = room or self.default_room
-        if self.room_authorizer is not None and not self.room_authorizer(user, room):
-            raise HandshakeError(403, f"not allowed in room {room}", kind="room")
-
-    def open(self, room: str | None = None) -> Awaitable[None] | None:
-        self.room = room or self.default_room
-        if not self.nick:
-            self.nick = self.registry.next_guest_name()
-        self.codec = chat.JSON if self.selected_subprotocol == "chat.json" else chat.TEXT
-        if self.codec is not chat.JSON:
-            self.since = None  # plain text does not resume
-        registry = self.registry
-        if self.since is not None:
-            self._waiting = []  # (before joining: not on the direct path until greeted)
-        registry.join(self.room, self)
-        ready = registry.broker.ready(self.room)
-        if ready is None and self.since is None:
-            self._greet(None)
-            return None
-        if self._waiting is None:
-            self._waiting = []
-            registry.update(self)
-        return self._greet_when_ready(ready)
-
-    async def _greet_when_ready(self, ready: Awaitable[None] | None) -> None:
-        if ready is not None:
-            try:  # (shared by every joiner of the room: not to be cancelled by one)
-                await asyncio.wait_for(asyncio.shield(ready), READY_TIMEOUT)
-            except asyncio.TimeoutError:
-                log.warning(
-                    "room %r not ready after %.0f s: greeting anyway", self.room, READY_TIMEOUT
-                )
-        missed = None
-        if self.since is not None:
-            missed = await self.registry.broker.recover(self.room, *self.since)
-        if self.ws_connection is None or self.ws_connection.is_closing():
-            return
-        self._greet(missed)
-
-    def _greet(self, missed: list[Envelope] | None) -> None:
-        """Presence (or the plain-text welcome), what was missed, then our own join."""
-        if self.codec is chat.JSON:
-            self.send(chat.presence_event(self.room, self.nicks()))
-            if self.since is not None:
-                self._replay(missed)
-        else:
-            others = ", ".join(sorted(self.nicks()))
-            self.send(Message(f"* you are {self.nick} in {self.room}; here: {others}"))
-        waiting, self._waiting = self._waiting, None
-        for envelope in waiting or ():
-            self.deliver(envelope)
-        if waiting is not None and self._seen is None:
-            self.registry.update(self)  # greeted: on the direct path from now on
-        self.publish("join")
-        self._joined = True
-
-    def on_message(self, message: str | bytes) -> None:
-        if isinstance(message, bytes):
-            if self.codec is chat.JSON:
-                self.send(chat.error_event("unsupported_data", "send text, not binary"))
-            else:
-                self.close(CloseCode.UNSUPPORTED_DATA, "the chat takes text messages only")
-            return
-        if self.codec is chat.TEXT:
-            line = chat.TEXT.decode(message)
-            if line:
-                self.publish("message", line)
-            return
-        try:
-            body = chat.JSON.decode(message)
-        except chat.ChatInputError as exc:
-            self.send(chat.error_event(exc.code, exc.detail))
-            return
-        if body["type"] == "message":
-            self.publish("message", body["text"])
-        else:  # "presence"
-            self.send(chat.presence_event(self.room, self.nicks()))
-
-    def on_close(self) -> None:
-        # (A connection that closed before its greeting never said it joined.)
-        if self.room and self.registry.leave(self.room, self) and self._joined:
-            self.publish("leave")
-
-    def _replay(self, missed: list[Envelope] | None) -> None:
-        """Send what was missed since :attr:`since`, then ``resumed``."""
-        assert self.since is not None
-        if missed is None:
-            self.send(chat.resumed_event(self.room, False, 0))
-            return
-        for envelope in missed:
-            message = envelope.encode(self.codec)
-            if message is not None:
-                self.send(message)
-        epoch, offset = self.since
-        self._seen = (epoch, max([offset, *(e.offset for e in missed)]))
-        self.send(chat.resumed_event(self.room, True, len(missed)))
-
-    def publish(self, kind: str, text: str = "") -> None:
-        """Publish a chat event of this connection to its room."""
-        event = chat.ChatEvent(kind, self.nick, text, origin=self.connection_id)
-        self.registry.publish(self.room, event)
-
-    def nicks(self) -> list[str]:
-        """The nicks of the room's local members."""
-        return [m.nick for m in self.registry.members(self.room) if isinstance(m, ChatHandler)]
-
-    def direct_delivery(self) -> tuple[Any, Protocol] | None:
-        """The registry's shortcut once the connection is greeted and past what it
-        was replayed (until then :meth:`deliver` holds or skips); the codec's
-        ``echo_own`` makes the registry skip a plain-text sender's own events."""
-        if (
-            self._waiting is not None
-            or self._seen is not None
-            or type(self).deliver is not ChatHandler.deliver
-        ):
-            return None
-        return self._direct_target()
-
-    def deliver(self, envelope: Envelope) -> None:
-        """Hold envelopes until the greeting is sent, skip what the resume replayed,
-        and skip a plain-text user's own events; send the rest (the direct path
-        does the same without this call, see :meth:`direct_delivery`)."""
-        if self._waiting is not None:
-            self._waiting.append(envelope)
-            return
-        if self._seen is not None:
-            epoch, offset = self._seen
-            if envelope.epoch == epoch and 0 < envelope.offset <= offset:
-                return  # replayed already
-            self._seen = None
-            self.registry.update(self)  # past the replay: on the direct path from now on
-        event = envelope.payload
-        if (
-            not self.codec.echo_own
-            and isinstance(event, chat.ChatEvent)
-            and event.origin == self.connection_id
-        ):
-            return
-        super().deliver(envelope)
-
-
-def origin_allowed(origin: str, allowed: Iterable[str]) -> bool:
-    """Whether ``origin`` is one of ``allowed``: an exact origin, or
-    ``scheme://*.domain[:port]`` for every subdomain of ``domain`` (not ``domain``
-    itself). Scheme and port must match; host names compare case-insensitively."""
-    try:
-        parsed = urllib.parse.urlsplit(origin.lower())
-        port = parsed.port
-    except ValueError:
-        return False
-    host = parsed.hostname or ""
-    for pattern in allowed:
-        if "*" not in pattern:
-            if origin == pattern:
-                return True
-            continue
-        wanted = urllib.parse.urlsplit(pattern.lower())
-        domain = wanted.netloc.rsplit(":", 1)[0] if wanted.port is not None else wanted.netloc
-        if (
-            wanted.scheme == parsed.scheme
-            and domain.startswith("*.")
-            and host.endswith(domain[1:])
-            and len(host) > len(domain) - 1
-            and wanted.port == port
-        ):
-            return True
-    return False

@@ -2,7 +2,7 @@
 
 Needs ``prometheus_client`` (``pip install 'tornws[metrics]'``); without it
 ``/metrics`` answers 501 and says so. Nothing is recorded through
-``prometheus_client`` on the hot path: a collector reads the registry's
+``prometheus_client`` on the hot path: a collector reads the node's
 :class:`~tornws.stats.Stats` and the open connections' counters when Prometheus
 scrapes, so metrics cost the data plane nothing but its own integer counters.
 
@@ -18,6 +18,7 @@ from typing import Any
 
 import tornado.web
 
+from .node import Node
 from .registry import Registry
 
 __all__ = ["MetricsHandler", "collector"]
@@ -28,11 +29,14 @@ _MISSING = (
 )
 
 
-def collector(registry: Registry) -> Any:
-    """A ``prometheus_client`` collector of ``registry``'s connections and stats.
+def collector(application: Any) -> Any:
+    """A ``prometheus_client`` collector of ``application``'s tornws connections,
+    counters and rooms.
 
     Register it with your own ``CollectorRegistry`` if you serve metrics yourself.
     """
+    node = Node.for_application(application)
+    registry = Registry.for_application(application)
     from prometheus_client.core import (
         CounterMetricFamily,
         GaugeMetricFamily,
@@ -42,8 +46,8 @@ def collector(registry: Registry) -> Any:
 
     class TornwsCollector(Collector):
         def collect(self) -> Iterator[Any]:
-            stats = registry.stats
-            connections = list(registry.connections)
+            stats = node.stats
+            connections = list(node.connections)
             by_handler = Counter(type(c).__name__ for c in connections)
             gauge = GaugeMetricFamily(
                 "tornws_connections", "Open WebSocket connections.", labels=["handler"]
@@ -97,7 +101,7 @@ def collector(registry: Registry) -> Any:
             for name, histogram, text in (
                 (
                     "tornws_fanout_seconds",
-                    stats.fanout_seconds,
+                    registry.fanout_seconds,
                     "From a publish to the last local member's send.",
                 ),
                 (
@@ -114,10 +118,8 @@ def collector(registry: Registry) -> Any:
 
 
 class MetricsHandler(tornado.web.RequestHandler):
-    """Prometheus text for the application's registry (plus the process's CPU and memory)."""
-
-    def initialize(self, registry: Registry | None = None) -> None:
-        self._registry = registry
+    """Prometheus text for the application's tornws connections and rooms (plus the
+    process's CPU and memory)."""
 
     def get(self) -> None:
         try:
@@ -127,12 +129,11 @@ class MetricsHandler(tornado.web.RequestHandler):
             self.set_header("Content-Type", "text/plain; charset=UTF-8")
             self.finish(_MISSING)
             return
-        registry = self._registry or Registry.for_application(self.application)
         # One prometheus_client registry per application, made on the first scrape.
         metrics = self.settings.get(_SETTINGS_KEY)
         if metrics is None:
             metrics = prometheus_client.CollectorRegistry()
-            metrics.register(collector(registry))
+            metrics.register(collector(self.application))
             metrics.register(prometheus_client.ProcessCollector(registry=None))
             self.application.settings[_SETTINGS_KEY] = metrics
         self.set_header("Content-Type", prometheus_client.CONTENT_TYPE_LATEST)

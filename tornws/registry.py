@@ -30,16 +30,15 @@ every room kind: ``/broadcast``, the chat, channels.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from typing import Any, NamedTuple, Protocol
 
 from .broker import Broker, Codec, Envelope, MemoryBroker
 from .frames import Message
-from .stats import Stats
+from .stats import Histogram
 
-__all__ = ["Connection", "Member", "Registry", "Sender"]
+__all__ = ["Member", "Registry", "Sender"]
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +145,6 @@ class _Members:
         return plan
 
 
-class Connection(Protocol):
-    """An open connection the registry can close at shutdown."""
-
-    def close(self, code: int | None = None, reason: str | None = None) -> None: ...
-
-
 class Registry:
     """Rooms → local members, publishing through a broker.
 
@@ -168,13 +161,8 @@ class Registry:
         # (measured: sends in a shuffled order cost +25% at 10,000).
         self._rooms: dict[str, _Members] = {}
         self._memberships: dict[Member, set[str]] = {}
-        self._guests = itertools.count(1)
-        #: Every open tornws connection of the application (for shutdown and counts).
-        self.connections: set[Connection] = set()
-        #: Counters of those connections (outgoing bytes, slow consumers, refusals).
-        self.stats = Stats()
-        #: Set by :func:`tornws.server.drain`: ``/healthz`` answers 503, upgrades get 503.
-        self.draining = False
+        #: Seconds from a publish to the last local member's send.
+        self.fanout_seconds = Histogram()
 
     @classmethod
     def for_application(cls, application: Any) -> Registry:
@@ -300,7 +288,7 @@ class Registry:
                 member.deliver(envelope)
             except Exception:
                 self._failed((member,), envelope, failed)
-        self.stats.fanout_seconds.observe(time.perf_counter() - started)
+        self.fanout_seconds.observe(time.perf_counter() - started)
         for member in failed:
             self.leave(envelope.room, member)
         return len(plan.members) - len(failed)
@@ -336,16 +324,3 @@ class Registry:
                 envelope.room,
             )
             failed.append(member)
-
-    # Connections
-
-    def next_guest_name(self) -> str:
-        """``guest-1``, ``guest-2``, …: a name for a user who did not give one."""
-        return f"guest-{next(self._guests)}"
-
-    def close_all(self, code: int, reason: str) -> int:
-        """Start closing every open connection with ``code``; return how many."""
-        connections = list(self.connections)
-        for connection in connections:
-            connection.close(code, reason)
-        return len(connections)

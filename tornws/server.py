@@ -25,6 +25,7 @@ import tornado.netutil
 import tornado.web
 
 from .frames import CloseCode
+from .node import Node
 from .registry import Registry
 
 __all__ = ["drain", "run_workers", "serve", "ssl_context"]
@@ -42,16 +43,17 @@ _BATCH_INTERVAL = 0.05
 
 
 async def drain(
-    registry: Registry,
+    application: tornado.web.Application | Node,
     *,
     code: int = CloseCode.GOING_AWAY,
     reason: str = "server shutting down",
     window: float = DEFAULT_DRAIN_WINDOW,
     timeout: float = DEFAULT_DRAIN_TIMEOUT,
 ) -> int:
-    """Close every connection of ``registry`` gracefully; return how many there were.
+    """Close every tornws connection of ``application`` gracefully (or of a
+    :class:`~tornws.node.Node`); return how many there were.
 
-    From the call on, ``registry.draining`` is true: ``/healthz`` answers 503 and
+    From the call on, the node's ``draining`` is true: ``/healthz`` answers 503 and
     upgrades are refused with 503 + ``Retry-After``. The open connections are
     shuffled and closed with ``code``/``reason`` in batches, one every 50 ms or
     more, over ``window`` seconds; until its turn a connection keeps receiving.
@@ -59,10 +61,13 @@ async def drain(
     nothing accepted before it is lost. Returns once every connection has
     closed, or ``timeout`` seconds after the window, when the rest are cut.
     """
-    registry.draining = True
+    if isinstance(application, Registry):
+        raise TypeError("drain() takes the Application (or its tornws.Node), not a Registry")
+    node = application if isinstance(application, Node) else Node.for_application(application)
+    node.draining = True
     loop = asyncio.get_running_loop()
     start = loop.time()
-    connections = list(registry.connections)
+    connections = list(node.connections)
     random.shuffle(connections)
     count = len(connections)
     batches = max(1, min(count, int(window / _BATCH_INTERVAL)))
@@ -80,13 +85,13 @@ async def drain(
         for connection in connections[index::batches]:
             connection.close(code, reason)
     # Upgrades that passed admission before draining began (rare): close them too.
-    for connection in list(registry.connections):
+    for connection in list(node.connections):
         if connection not in connections:
             connection.close(code, reason)
     deadline = loop.time() + timeout
-    while registry.connections and loop.time() < deadline:
+    while node.connections and loop.time() < deadline:
         await asyncio.sleep(0.02)
-    left = list(registry.connections)
+    left = list(node.connections)
     if left:
         log.warning("drain timeout: cutting %d connection(s) that did not close", len(left))
         for connection in left:
@@ -152,7 +157,7 @@ async def serve(
         loop.add_signal_handler(signum, _on_signal, stop, signum)
     try:
         await stop.wait()
-        await drain(registry, code=close_code, window=drain_window, timeout=shutdown_timeout)
+        await drain(application, code=close_code, window=drain_window, timeout=shutdown_timeout)
         server.stop()
         await asyncio.wait_for(server.close_all_connections(), timeout=1.0)
         log.info("stopped")

@@ -2,7 +2,7 @@
 
 Plain integers updated where the work happens (no locks, no label lookups on
 the hot path) and read when someone asks: ``/metrics`` (:mod:`tornws.metrics`),
-tests, your own code. One :class:`Stats` per :class:`~tornws.registry.Registry`,
+tests, your own code. One :class:`Stats` per :class:`~tornws.node.Node`,
 so per application. Per-connection counts (messages and bytes in and out) live
 on each connection's protocol and are added here when it closes; :meth:`Stats.traffic`
 sums both.
@@ -90,7 +90,6 @@ class Stats:
     __slots__ = (
         "by_ip",
         "closed",
-        "fanout_seconds",
         "idle_closes",
         "outgoing_bytes",
         "ping_rtt_seconds",
@@ -117,8 +116,6 @@ class Stats:
         self.by_ip: Counter[str] = Counter()
         #: Traffic of the connections that have closed.
         self.closed = Traffic()
-        #: Seconds from a publish to the last local member's send.
-        self.fanout_seconds = Histogram()
         #: Seconds from a keepalive ping to its pong.
         self.ping_rtt_seconds = Histogram()
 

@@ -308,7 +308,7 @@ async def _allocations(
     from .allocations import per_delivery
     from .subjects import Cluster
 
-    receivers, few, many = (100, 2, 12) if quick else (1000, 20, 120)
+    receivers, few, many = (100, 2, 42) if quick else (1000, 20, 120)
     counts: dict[str, Any] = {"receivers": receivers, "per_delivery": {}}
     for subject in subjects:
         if not subject.command or isinstance(subject, Cluster):

@@ -3,8 +3,9 @@
 Each subject runs twice under ``memray run --trace-python-allocators`` (every
 allocation, Python's own allocators included, freed or not); both runs grow the
 same receivers and differ only in the number of paced messages, so the
-difference in total allocations over the difference in deliveries is what one
-delivery allocates. Needs memray (the ``bench`` extra, Linux).
+difference in total allocations over the difference in deliveries (every frame
+the receivers got, counted by the load generator, warm-ups included) is what
+one delivery allocates. Needs memray (the ``bench`` extra, Linux).
 """
 
 from __future__ import annotations
@@ -47,7 +48,11 @@ def _total_allocations(capture: Path) -> int:
     return int(data["total_num_allocations"])
 
 
-async def _count(subject: Subject, receivers: int, messages: int, folder: Path) -> int:
+async def _count(
+    subject: Subject, receivers: int, messages: int, folder: Path
+) -> tuple[int, int]:
+    """(allocations, deliveries) of one run: every text frame the receivers got counts,
+    the warm-ups too (how many a run needs depends on timing)."""
     capture = folder / f"{subject.name.replace('+', '_')}-{messages}.bin"
     running = _under_memray(subject, capture).start(None)
     try:
@@ -55,10 +60,11 @@ async def _count(subject: Subject, receivers: int, messages: int, folder: Path) 
         await fanout.grow(receivers)
         if messages:
             await fanout.run(messages, paced=True, chat=subject.offer is not None)
+        delivered = fanout.received
         await fanout.close()  # no connection left: the server stops at once
     finally:
         running.stop()
-    return _total_allocations(capture)
+    return _total_allocations(capture), delivered
 
 
 async def per_delivery(subject: Subject, receivers: int, few: int, many: int) -> float:
@@ -69,7 +75,7 @@ async def per_delivery(subject: Subject, receivers: int, few: int, many: int) ->
     except ImportError:
         raise ConfigError("--allocations needs memray: pip install -e '.[bench]'") from None
     with tempfile.TemporaryDirectory(prefix="tornws-allocations-") as folder:
-        low = await _count(subject, receivers, few, Path(folder))
+        low, low_delivered = await _count(subject, receivers, few, Path(folder))
         await asyncio.sleep(0)
-        high = await _count(subject, receivers, many, Path(folder))
-    return (high - low) / ((many - few) * receivers)
+        high, high_delivered = await _count(subject, receivers, many, Path(folder))
+    return (high - low) / max(1, high_delivered - low_delivered)

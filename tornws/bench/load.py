@@ -244,6 +244,7 @@ class FanoutClient(WSListener):
                 transport.disconnect()
             return
         fanout = self.fanout
+        fanout.received += 1
         payload = b""
         if fanout.verify:  # (inflating every frame, warm-ups too: contexts carry over)
             payload = frame.get_payload_as_bytes()
@@ -314,6 +315,8 @@ class Fanout:
         self.target = 0
         self.reached = asyncio.Event()
         self.last_received = 0.0
+        #: Text frames received by all receivers, warm-ups included.
+        self.received = 0
 
     async def grow(self, receivers: int) -> None:
         """Have ``receivers`` connections in all, each proven to receive broadcasts."""

@@ -16,7 +16,7 @@ from test_frames import client_frame
 
 import tornws
 from tornws.frames import Opcode
-from tornws.protocol import Protocol
+from tornws.transport import Transport
 
 from wsclient import recv, recv_until_closed
 
@@ -102,12 +102,14 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 @pytest.mark.gen_test
-async def test_protocol_is_tornws(ws_url: str, ws_connect: Any, registry: Any) -> None:
-    """tornws handlers run on tornws's Protocol; tornado_data_plane=True keeps Tornado's."""
+async def test_protocol_is_tornws(
+    ws_url: str, ws_connect: Any, registry: Any, node: tornws.Node
+) -> None:
+    """tornws handlers run on tornws's Transport; tornado_data_plane=True keeps Tornado's."""
     await ws_connect(f"{ws_url}/broadcast")
     await asyncio.sleep(0.05)
-    (handler,) = registry.connections
-    assert type(handler.ws_connection) is Protocol
+    (handler,) = node.connections
+    assert type(handler.ws_connection) is Transport
     connection = await ws_connect(f"{ws_url}/tornado")
     await connection.write_message("old plane")
     assert await recv(connection) == "old plane"
@@ -198,13 +200,13 @@ async def test_protocol_server_close(ws_url: str, ws_connect: Any, outcome: list
 
 @pytest.mark.gen_test
 async def test_protocol_client_close_code_reaches_handler(
-    ws_url: str, ws_connect: Any, registry: Any
+    ws_url: str, ws_connect: Any, registry: Any, node: tornws.Node
 ) -> None:
     """The client's close code and reason become the handler's close_code/close_reason."""
     closed: list[tuple[Any, Any]] = []
     connection = await ws_connect(f"{ws_url}/broadcast")
     await asyncio.sleep(0.05)
-    (handler,) = registry.connections
+    (handler,) = node.connections
     handler.on_close = lambda: closed.append((handler.close_code, handler.close_reason))
     connection.close(4321, "bye now")
     for _ in range(100):
