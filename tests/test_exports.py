@@ -61,8 +61,60 @@ def test_public_classes_and_functions_are_exported(name: str) -> None:
     assert defined - set(module.__all__) == set()
 
 
+#: The modules whose public names make up tornws's top level (its docstring lists them).
+TOP_LEVEL_MODULES = [
+    "tornws.app",
+    "tornws.broker",
+    "tornws.chat",
+    "tornws.demo",
+    "tornws.exceptions",
+    "tornws.frames",
+    "tornws.handlers",
+    "tornws.node",
+    "tornws.registry",
+    "tornws.server",
+    "tornws.stats",
+]
+
+
 def test_top_level_exports() -> None:
-    """tornws's __all__ names exist and are sorted; the package has a version."""
-    assert all(hasattr(tornws, item) for item in tornws.__all__)
-    assert tornws.__all__ == sorted(tornws.__all__)
+    """tornws's __all__ is exactly the union of its top-level modules' __all__ (no
+    name in two of them), each the very object of its module; and a version."""
+    combined = [
+        name for module in TOP_LEVEL_MODULES for name in importlib.import_module(module).__all__
+    ]
+    assert len(combined) == len(set(combined))
+    assert set(tornws.__all__) == {*combined, "__version__"}
+    for module_name in TOP_LEVEL_MODULES:
+        module = importlib.import_module(module_name)
+        for name in module.__all__:
+            assert getattr(tornws, name) is getattr(module, name), name
+        assert f":mod:`~{module_name}`" in (tornws.__doc__ or ""), module_name
+    assert len(tornws.__all__) == len(set(tornws.__all__))  # (its order: ruff's RUF022)
     assert tornws.__version__.count(".") == 2
+
+
+def test_every_exception_is_a_tornws_error_in_the_drawn_tree() -> None:
+    """Every exception class tornws defines derives from TornwsError and is drawn in
+    the tree of tornws.exceptions' docstring."""
+    import pkgutil
+
+    import tornws.exceptions
+
+    found = {}
+    for info in pkgutil.walk_packages(tornws.__path__, "tornws."):
+        if info.name == "tornws.__main__":
+            continue
+        module = importlib.import_module(info.name)
+        for value in vars(module).values():
+            if (
+                inspect.isclass(value)
+                and issubclass(value, BaseException)
+                and value.__module__.startswith("tornws")
+            ):
+                found[value.__name__] = value
+    assert {"TornwsError", "HandshakeError", "TicketError", "CheckFailed"} <= set(found)
+    doc = tornws.exceptions.__doc__ or ""
+    for name, cls in found.items():
+        assert issubclass(cls, tornws.TornwsError), name
+        assert f"── {name}" in doc or name == "TornwsError", name

@@ -233,3 +233,55 @@ async def test_protocol_burst_broadcast_keeps_order(
     own = [await read_frame(reader) for _ in range(300)]
     assert [payload.decode() for _, payload in own] == [f"m{i}" for i in range(300)]
     writer.close()
+
+
+def test_transport_finds_every_private_tornado_name_it_uses() -> None:
+    """The installed Tornado has every private name tornws's transport relies on."""
+    assert tornws.transport.missing_tornado_names() == []
+
+
+def test_transport_names_a_private_tornado_name_that_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a Tornado that lacks one of them, the check names it, and the error a
+    handshake would meet says which, with the Tornado version and what to do."""
+    monkeypatch.delattr(tornado.websocket.WebSocketHandler, "_detach_stream")
+    monkeypatch.setattr(tornws.transport, "_stream_fields", lambda: {"_read_buffer", "other"})
+    missing = tornws.transport.missing_tornado_names()
+    assert missing == [
+        "tornado.websocket.WebSocketHandler._detach_stream",
+        "tornado.iostream.IOStream._read_buffer_size",
+    ]
+    message = tornws.transport._unsupported(missing)
+    assert "tornado.iostream.IOStream._read_buffer_size" in message
+    assert f"Tornado {tornado.version}" in message and "supports" in message
+
+
+def test_transport_is_the_only_module_with_private_tornado_names() -> None:
+    """Outside tornws/transport.py no tornws module reaches into a private Tornado
+    name (of a module, a stream, a request or a handler), and tornws's own handler
+    fields never shadow one of Tornado's handler fields."""
+    import inspect
+    import pathlib
+    import re
+
+    private = re.compile(
+        r"\btornado\.\w+\._\w|\b(?:stream|request|handler|connection|io_loop)\._[a-z]\w*"
+    )
+    package = pathlib.Path(tornws.__file__).parent
+    offenders = [
+        f"{path.name}:{number}: {line.strip()}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "transport.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if private.search(line)
+    ]
+    assert offenders == []
+    tornado_fields = set()
+    for cls in (tornado.web.RequestHandler, tornado.websocket.WebSocketHandler):
+        tornado_fields |= set(re.findall(r"self\.(_\w+)", inspect.getsource(cls)))
+        tornado_fields |= {name for name in dir(cls) if name.startswith("_")}
+    ours = set()
+    for module in (tornws.handlers, tornws.chat, tornws.demo):
+        ours |= set(re.findall(r"self\.(_\w+)", inspect.getsource(module)))
+    assert ours & tornado_fields == set()

@@ -30,6 +30,8 @@ from typing import Any
 
 import tornado.web
 
+from .exceptions import TornwsError
+
 __all__ = ["DEFAULT_TTL", "TicketError", "TicketHandler", "Tickets", "log_request", "redact"]
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TTL = 30.0
 
 
-class TicketError(Exception):
+class TicketError(TornwsError):
     """A ticket that cannot be redeemed; ``str()`` says why (for the 401 body and the log)."""
 
 

@@ -273,22 +273,19 @@ class Connection:
         interval = self.ping_interval
         if interval > 0:
             sent_at = self._ping_sent_at
+            if sent_at is None and now >= self._last_ping + interval:
+                sent_at = self._ping_sent_at = self._last_ping = now
+                self._delegate.send_frame(encode_frame(Opcode.PING, b""))
             if sent_at is not None and self.ping_timeout > 0:
                 late_at = sent_at + self.ping_timeout
                 if now >= late_at:
                     log.info("closing connection: no pong within %.1f s", self.ping_timeout)
                     self.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
                     return None
-                next_ping = late_at  # no new ping while one is awaited
+                next_check = late_at  # no new ping while one is awaited
             else:
-                if now >= self._last_ping + interval:
-                    self._ping_sent_at = self._last_ping = now
-                    self._delegate.send_frame(encode_frame(Opcode.PING, b""))
-                    if self.ping_timeout > 0:
-                        late_at = now + self.ping_timeout
-                        due = late_at if due is None else min(due, late_at)
-                next_ping = self._last_ping + interval
-            due = next_ping if due is None else min(due, next_ping)
+                next_check = self._last_ping + interval
+            due = next_check if due is None else min(due, next_check)
         return due
 
     # Helpers

@@ -8,8 +8,14 @@ Every exception tornws defines derives from :class:`TornwsError`::
      │                    that says what to change
      ├── ConfigError      (also ValueError) tornws was configured wrongly, e.g. a
      │                    bad ``--app module:factory`` or an invalid room name
-     └── ProtocolError    the peer broke RFC 6455 (the peer's fault): carries the
-                          close code the connection is failed with
+     ├── ProtocolError    the peer broke RFC 6455 (the peer's fault): carries the
+     │                    close code the connection is failed with
+     ├── TicketError      (tornws.auth) a ticket that cannot be redeemed: forged,
+     │                    expired or used; answered with HTTP 401
+     ├── ChatInputError   (tornws.chat; also ValueError) a chat.json message that
+     │                    cannot be understood; answered with an ``error`` event
+     └── CheckFailed      (tornws.bench.load; also AssertionError) a server under
+                          ``tornws bench`` answered wrongly
 
 Errors on a connection that is already open are answered with a close code
 (see :class:`tornws.frames.CloseCode`) or, in the ``chat.json`` protocol, with an

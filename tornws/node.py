@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from .stats import Stats
 
-__all__ = ["SETTINGS_KEY", "Closable", "Node"]
+__all__ = ["Closable", "Node"]
 
 #: The key under which an application's node is kept in its settings.
 SETTINGS_KEY = "tornws.node"

@@ -48,9 +48,7 @@ def _total_allocations(capture: Path) -> int:
     return int(data["total_num_allocations"])
 
 
-async def _count(
-    subject: Subject, receivers: int, messages: int, folder: Path
-) -> tuple[int, int]:
+async def _count(subject: Subject, receivers: int, messages: int, folder: Path) -> tuple[int, int]:
     """(allocations, deliveries) of one run: every text frame the receivers got counts,
     the warm-ups too (how many a run needs depends on timing)."""
     capture = folder / f"{subject.name.replace('+', '_')}-{messages}.bin"

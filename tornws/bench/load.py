@@ -19,6 +19,7 @@ from typing import Any
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
+from ..exceptions import TornwsError
 from .subjects import Running
 
 __all__ = [
@@ -40,7 +41,7 @@ __all__ = [
 STUCK = 60.0
 
 
-class CheckFailed(AssertionError):
+class CheckFailed(TornwsError, AssertionError):
     """The server answered wrongly (bytes, type, or not at all)."""
 
 
