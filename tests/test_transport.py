@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import base64
 import os
 import random
@@ -285,3 +286,75 @@ def test_transport_is_the_only_module_with_private_tornado_names() -> None:
     for module in (tornws.handlers, tornws.chat, tornws.demo):
         ours |= set(re.findall(r"self\.(_\w+)", inspect.getsource(module)))
     assert ours & tornado_fields == set()
+
+
+async def raw_request(port: int, request: bytes) -> bytes:
+    """Send ``request`` as it is; what the server answers before it closes (or 5 s)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    answer = b""
+    try:
+        answer = await asyncio.wait_for(reader.read(65536), 5)
+    except ConnectionResetError:
+        pass
+    writer.close()
+    return answer
+
+
+def upgrade_request(key: str = "dGhlIHNhbXBsZSBub25jZQ==", version: str = "HTTP/1.1") -> bytes:
+    return (
+        f"GET /echo {version}\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("abc", b"Sec-WebSocket-Key 'abc' is not base64 of 16 bytes"),
+        ("c2hvcnQ=", b"Sec-WebSocket-Key 'c2hvcnQ=' is not base64 of 16 bytes"),
+        ("", b"Sec-WebSocket-Key '' is not base64 of 16 bytes"),
+        ("dGhlIHNhbXBsZSBub25jZQ", b"is not base64 of 16 bytes"),  # padding missing
+    ],
+)
+async def test_handshake_with_a_bad_key_is_400_with_the_reason(
+    http_port: int, http_server: Any, node: Any, caplog: Any, key: str, reason: bytes
+) -> None:
+    """RFC 6455 4.2.1: a Sec-WebSocket-Key that is not base64 of 16 bytes is refused
+    with 400 and a one-line reason, logged and counted; the server goes on serving."""
+    caplog.set_level(logging.INFO, logger="tornws.handlers")
+    answer = await raw_request(http_port, upgrade_request(key))
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert reason + b"\n" in answer
+    assert "refused /echo peer=127.0.0.1 status=400" in caplog.text
+    assert node.stats.rejections["handshake"] == 1
+    reader, writer = await raw_upgrade(http_port)  # everyone else is still served
+    writer.close()
+
+
+@pytest.mark.gen_test
+async def test_handshake_over_http_1_0_is_505(http_port: int, http_server: Any) -> None:
+    """An upgrade over HTTP/1.0 gets 505, not 101."""
+    answer = await raw_request(http_port, upgrade_request(version="HTTP/1.0"))
+    assert answer.startswith(b"HTTP/1.1 505 ")
+    assert b"WebSocket needs HTTP/1.1 or later\n" in answer
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("part", ["headers", "url"])
+async def test_handshake_over_tornados_header_limit_is_cut(
+    http_port: int, http_server: Any, part: str
+) -> None:
+    """Request headers or a URL over Tornado's max_header_size (64 KiB) end the
+    connection without a status: Tornado's HTTP parser closes it (documented in
+    docs/comparison.md); the server goes on serving."""
+    request = upgrade_request()
+    if part == "headers":
+        request = request.replace(b"\r\n\r\n", b"\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n")
+    else:
+        request = request.replace(b"/echo ", b"/echo?" + b"a" * 100_000 + b" ")
+    assert await raw_request(http_port, request) == b""
+    reader, writer = await raw_upgrade(http_port)
+    writer.close()

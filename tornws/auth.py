@@ -158,7 +158,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     if status < 400:
         logger = logging.getLogger("tornado.access").info
-    elif status < 500:
+    elif status < 500 or status == 505:  # (505: the client's HTTP version)
         logger = logging.getLogger("tornado.access").warning
     else:
         logger = logging.getLogger("tornado.access").error
