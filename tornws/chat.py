@@ -410,7 +410,7 @@ class ChatHandler(WebSocketHandler):
     def publish(self, kind: str, text: str = "") -> None:
         """Publish a chat event of this connection to its room."""
         event = ChatEvent(kind, self.nick, text, origin=self.connection_id)
-        self.registry.publish(self.room, event)
+        self.registry.broker.publish(self.room, event)  # stamped there, then delivered here
 
     def nicks(self) -> list[str]:
         """The nicks of the room's local members."""

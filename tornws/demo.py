@@ -39,4 +39,5 @@ class BroadcastHandler(WebSocketHandler):
         self.registry.join(self.room, self)
 
     def on_message(self, message: str | bytes) -> None:
-        self.registry.publish(self.room, Message(message), keep=False)  # nobody resumes it
+        # Straight to the broker (it stamps, then the registry delivers); nobody resumes it.
+        self.registry.broker.publish(self.room, Message(message), keep=False)
