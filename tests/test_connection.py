@@ -35,6 +35,9 @@ class Peer:
     def on_pong(self, payload: bytes) -> None:
         self.events.append(("pong", payload))
 
+    def on_closing(self) -> None:
+        self.events.append(("closing", None))
+
     def on_closed(self) -> None:
         self.events.append(("closed", None))
 
@@ -95,9 +98,9 @@ def test_connection_answers_the_peers_close_with_its_code() -> None:
     assert peer.take() == close_frame(4001)
     assert connection.state is State.CLOSED
     assert (connection.close_code, connection.close_reason) == (4001, "bye")
-    assert peer.events == [("closed", None)]
+    assert peer.events == [("closing", None), ("closed", None)]
     connection.receive(text("later"), now=0.0)
-    assert peer.events == [("closed", None)] and peer.sent == b""
+    assert peer.events == [("closing", None), ("closed", None)] and peer.sent == b""
 
 
 def test_connection_closing_handshake_started_here() -> None:
@@ -110,7 +113,7 @@ def test_connection_closing_handshake_started_here() -> None:
     connection.close(1000)  # once only
     assert peer.take() == b""
     connection.receive(text("in flight") + client_frame(Opcode.CLOSE, b"\x03\xe9"), now=0.0)
-    assert peer.events == [("closed", None)]
+    assert peer.events == [("closing", None), ("closed", None)]
     assert connection.state is State.CLOSED and peer.sent == b""
     assert connection.close_code == 1001
 
@@ -147,7 +150,7 @@ def test_connection_fails_with_the_code_of_the_violation(stream: bytes, code: in
     sent = peer.take()
     assert sent[0] == 0x88 and int.from_bytes(sent[2:4], "big") == code
     assert connection.state is State.CLOSED
-    assert peer.events == [("closed", None)]
+    assert peer.events == [("closing", None), ("closed", None)]
 
 
 def test_connection_keepalive_pings_and_closes_1011_when_the_pong_is_late() -> None:

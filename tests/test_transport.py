@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import base64
+import contextlib
+import logging
 import os
 import random
 import struct
@@ -293,10 +294,8 @@ async def raw_request(port: int, request: bytes) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request)
     answer = b""
-    try:
+    with contextlib.suppress(ConnectionResetError):
         answer = await asyncio.wait_for(reader.read(65536), 5)
-    except ConnectionResetError:
-        pass
     writer.close()
     return answer
 
@@ -320,7 +319,7 @@ def upgrade_request(key: str = "dGhlIHNhbXBsZSBub25jZQ==", version: str = "HTTP/
     ],
 )
 async def test_handshake_with_a_bad_key_is_400_with_the_reason(
-    http_port: int, http_server: Any, node: Any, caplog: Any, key: str, reason: bytes
+    http_port: int, http_server: Any, node: Any, caplog: Any, *, key: str, reason: bytes
 ) -> None:
     """RFC 6455 4.2.1: a Sec-WebSocket-Key that is not base64 of 16 bytes is refused
     with 400 and a one-line reason, logged and counted; the server goes on serving."""
@@ -330,7 +329,7 @@ async def test_handshake_with_a_bad_key_is_400_with_the_reason(
     assert reason + b"\n" in answer
     assert "refused /echo peer=127.0.0.1 status=400" in caplog.text
     assert node.stats.rejections["handshake"] == 1
-    reader, writer = await raw_upgrade(http_port)  # everyone else is still served
+    _, writer = await raw_upgrade(http_port)  # everyone else is still served
     writer.close()
 
 
@@ -356,5 +355,5 @@ async def test_handshake_over_tornados_header_limit_is_cut(
     else:
         request = request.replace(b"/echo ", b"/echo?" + b"a" * 100_000 + b" ")
     assert await raw_request(http_port, request) == b""
-    reader, writer = await raw_upgrade(http_port)
+    _, writer = await raw_upgrade(http_port)
     writer.close()

@@ -19,6 +19,7 @@ from .auth import log_request
 from .chat import ROOM_PATTERN, ChatHandler
 from .demo import BroadcastHandler, EchoHandler
 from .handlers import DEFAULT_COMPRESSION
+from .live import LiveHandler
 from .metrics import MetricsHandler
 from .node import Node
 from .page import STATIC_DIR, ChatPageHandler, StaticHandler
@@ -34,9 +35,15 @@ def _check_prefix(prefix: str) -> str:
 
 
 def routes(
-    prefix: str = "", *, registry: Registry | None = None, page: bool = False, **options: Any
+    prefix: str = "",
+    *,
+    registry: Registry | None = None,
+    page: bool = False,
+    live: dict[str, Any] | None = None,
+    **options: Any,
 ) -> list[URLSpec]:
-    """The tornws routes under ``prefix``: ``/echo``, ``/broadcast``, ``/chat``, ``/chat/<room>``.
+    """The tornws routes under ``prefix``: ``/echo``, ``/broadcast``, ``/chat``,
+    ``/chat/<room>`` and ``/live``.
 
     Args:
         prefix: ``""`` or a path such as ``"/ws"`` (routes become ``/ws/echo``, …).
@@ -45,6 +52,8 @@ def routes(
             route of the application.
         page: also the browser chat page at ``<prefix>/`` and its files under
             ``<prefix>/_tornws/``.
+        live: options of ``/live`` only (:class:`~tornws.live.LiveHandler`:
+            ``authorizer``, ``max_subscriptions``).
         **options: handler options for every route (``compression``,
             ``origins``, ``max_message_size``, ``user_loader``; see
             :mod:`tornws.handlers`).
@@ -58,6 +67,7 @@ def routes(
         URLSpec(f"{prefix}/broadcast", BroadcastHandler, kwargs, name="tornws.broadcast"),
         URLSpec(f"{prefix}/chat", ChatHandler, kwargs, name="tornws.chat"),
         URLSpec(f"{prefix}/chat/({ROOM_PATTERN})", ChatHandler, kwargs, name="tornws.chat_room"),
+        URLSpec(f"{prefix}/live", LiveHandler, {**kwargs, **(live or {})}, name="tornws.live"),
     ]
     if page:
         page_options = {
@@ -116,6 +126,7 @@ ENDPOINTS = [
     ("/broadcast", "every message to every connection on /broadcast, sender included"),
     ("/chat", "the chat room 'lobby' (subprotocols chat.json, chat)"),
     ("/chat/<room>", "the chat room <room>"),
+    ("/live", "channels: many subscriptions on one connection (subprotocol tornws.v1)"),
 ]
 
 

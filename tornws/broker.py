@@ -157,6 +157,20 @@ class Broker(abc.ABC):
         """:meth:`since` for brokers whose history is elsewhere (awaitable)."""
         return self.since(room, epoch, offset)
 
+    async def publish_numbered(self, room: str, payload: object) -> tuple[str, int]:
+        """Publish ``payload`` into ``room``'s history and return its ``(epoch, offset)``
+        once the broker has numbered it (the room may have no member anywhere).
+
+        Raises:
+            BrokerUnavailableError: it could not be numbered (it may still have reached
+                this process's members).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not number publications")
+
+    async def position(self, room: str) -> tuple[str, int]:
+        """``room``'s epoch and its latest offset (0: nothing published in this epoch)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep positions")
+
     def ready(self, room: str) -> Awaitable[None] | None:
         """After :meth:`subscribe`: an awaitable done once the room's messages are
         delivered here, or ``None`` when they already are (the memory broker)."""
@@ -203,8 +217,10 @@ class MemoryBroker(Broker):
     so every member sees the same order.
 
     Each room keeps its last ``history`` messages, at most ``history_bytes`` of
-    them, for ``history_age`` seconds, for :meth:`since`; a room that stays
-    empty that long is forgotten, and comes back with a new epoch.
+    them, for ``history_age`` seconds, for :meth:`since`. A message is numbered
+    and kept even when the room has no member in this process (a channel whose
+    only subscriber is reconnecting); a room that has no member and no new
+    message for ``history_age`` is forgotten, and comes back with a new epoch.
     ``history=0`` keeps nothing (every room then gets a new epoch whenever it
     empties); ``publish(..., keep=False)`` keeps that message out, which also
     ends what could be resumed before it.
@@ -225,7 +241,7 @@ class MemoryBroker(Broker):
         self._clock = clock
         self._rooms: dict[str, _RoomHistory] = {}
         self._empty: dict[str, float] = {}  # empty rooms -> when they emptied, oldest first
-        self._queue: collections.deque[tuple[str, object, bool]] = collections.deque()
+        self._queue: collections.deque[Envelope] = collections.deque()
         self._delivering = False
 
     def subscribe(self, room: str) -> None:
@@ -241,12 +257,17 @@ class MemoryBroker(Broker):
         if state is None:
             return
         state.subscribed = False
-        if self.history and state.history:
-            state.emptied_at = self._clock()
-            self._empty[room] = state.emptied_at
+        if self.history:  # its epoch, offset and history last history_age more
+            self._idle(room, state)
         else:
             del self._rooms[room]
         self._forget_expired()
+
+    def _idle(self, room: str, state: _RoomHistory) -> None:
+        """``room`` has no member here: forget it ``history_age`` after now."""
+        state.emptied_at = self._clock()
+        self._empty.pop(room, None)  # (to the end: the dict is ordered by time)
+        self._empty[room] = state.emptied_at
 
     def _forget_expired(self) -> None:
         if not self._empty:
@@ -259,31 +280,64 @@ class MemoryBroker(Broker):
             del self._rooms[room]
 
     def publish(self, room: str, payload: object, *, keep: bool = True) -> None:
+        self._stamp(room, payload, keep)
+
+    async def publish_numbered(self, room: str, payload: object) -> tuple[str, int]:
+        envelope = self._stamp(room, payload, True, create=True)
+        assert envelope is not None
+        return envelope.epoch, envelope.offset
+
+    async def position(self, room: str) -> tuple[str, int]:
+        state = self._state(room)
+        return state.epoch, state.offset
+
+    def _state(self, room: str) -> _RoomHistory:
+        """``room``'s state, created (without members: expiring) if it has none."""
         state = self._rooms.get(room)
-        if state is None or not state.subscribed:
-            return  # nobody in this process is in the room: nothing to deliver
-        self._queue.append((room, payload, keep))
-        if self._delivering:
-            return
+        if state is None:
+            self._forget_expired()
+            state = self._rooms[room] = _RoomHistory()
+            self._idle(room, state)
+        return state
+
+    def _stamp(
+        self, room: str, payload: object, keep: bool, *, create: bool = False
+    ) -> Envelope | None:
+        """Number ``payload`` in ``room``, keep it (``keep``), deliver it if the room has
+        members here; ``None`` when there is nothing to number it for."""
+        state = self._rooms.get(room)
+        if state is None:
+            if not (create or (keep and self.history)):
+                return None  # nobody here and nothing to keep
+            state = self._state(room)
+        state.offset += 1
+        envelope = Envelope(room, state.offset, payload, state.epoch)
+        count = self.history
+        if keep and count:
+            state.keep(self._clock(), envelope, count, self.history_bytes)
+        elif state.history:
+            state.history.clear()  # a gap: nothing before it can be resumed
+            state.size = 0
+        if state.subscribed:
+            self._queue.append(envelope)
+            if not self._delivering:
+                self._deliver_queued()
+        else:
+            self._idle(room, state)  # the history lasts history_age after its last message
+        return envelope
+
+    def _deliver_queued(self) -> None:
         deliver = self._deliver
         if deliver is None:
             raise RuntimeError("MemoryBroker.publish() before attach(): pass it to a Registry")
         self._delivering = True
-        count = self.history
         try:
-            while self._queue:
-                room, payload, keep = self._queue.popleft()
-                state = self._rooms.get(room)
-                if state is None or not state.subscribed:
-                    continue  # the room emptied meanwhile
-                state.offset += 1
-                envelope = Envelope(room, state.offset, payload, state.epoch)
-                if keep and count:
-                    state.keep(self._clock(), envelope, count, self.history_bytes)
-                elif state.history:
-                    state.history.clear()  # a gap: nothing before it can be resumed
-                    state.size = 0
-                deliver(envelope)
+            queue = self._queue
+            while queue:
+                envelope = queue.popleft()
+                state = self._rooms.get(envelope.room)
+                if state is not None and state.subscribed:  # (else: emptied meanwhile)
+                    deliver(envelope)
         finally:
             self._delivering = False
 

@@ -275,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also count heap allocations per broadcast delivery in each server (memray)",
     )
     bench.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count user-space instructions per paced delivery (valgrind's callgrind) "
+        "in tornws (and --floor) at each receiver count: repeatable on a busy machine",
+    )
+    bench.add_argument(
         "--floor",
         action="store_true",
         help="also the broadcasts on a bare loop of socket.send (no framework): the "

@@ -72,6 +72,10 @@ class ConnectionDelegate(Protocol):
     def on_pong(self, payload: bytes, /) -> None:
         """The peer's pong."""
 
+    def on_closing(self) -> None:
+        """The state left ``OPEN`` (our close frame is sent, or the connection ended):
+        send no more messages."""
+
     def on_closed(self) -> None:
         """The state became ``CLOSED``: close TCP once what is queued is sent."""
 
@@ -217,7 +221,9 @@ class Connection:
         self.reader.paused = True  # nothing after a close frame is read
         if self.state is _OPEN:
             # Echo the code (RFC 6455 5.5.1), then close TCP.
+            self.state = _CLOSING
             self._delegate.send_frame(encode_frame(Opcode.CLOSE, encode_close(code, "")))
+            self._delegate.on_closing()
         self._closed()
 
     # Decisions
@@ -233,6 +239,7 @@ class Connection:
             code = CloseCode.NORMAL_CLOSURE
         self.state = _CLOSING
         self._delegate.send_frame(encode_frame(Opcode.CLOSE, encode_close(code, reason or "")))
+        self._delegate.on_closing()
 
     def fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 7.1.7): a close frame with ``code`` when

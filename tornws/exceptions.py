@@ -10,6 +10,8 @@ Every exception tornws defines derives from :class:`TornwsError`::
      │                    bad ``--app module:factory`` or an invalid room name
      ├── ProtocolError    the peer broke RFC 6455 (the peer's fault): carries the
      │                    close code the connection is failed with
+     ├── BrokerUnavailableError  a publication could not be numbered: the broker
+     │                    (Redis) is unreachable
      ├── TicketError      (tornws.auth) a ticket that cannot be redeemed: forged,
      │                    expired or used; answered with HTTP 401
      ├── ChatInputError   (tornws.chat; also ValueError) a chat.json message that
@@ -26,7 +28,13 @@ from __future__ import annotations
 
 import tornado.web
 
-__all__ = ["ConfigError", "HandshakeError", "ProtocolError", "TornwsError"]
+__all__ = [
+    "BrokerUnavailableError",
+    "ConfigError",
+    "HandshakeError",
+    "ProtocolError",
+    "TornwsError",
+]
 
 
 class TornwsError(Exception):
@@ -67,3 +75,8 @@ class ProtocolError(TornwsError):
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
+
+
+class BrokerUnavailableError(TornwsError):
+    """A publication could not be numbered because the broker is unreachable (it may
+    have reached this process's members, unnumbered)."""

@@ -38,7 +38,9 @@ from typing import Any
 
 from .broker import DEFAULT_HISTORY, DEFAULT_HISTORY_AGE, Broker, Envelope
 from .chat import ChatEvent
+from .exceptions import BrokerUnavailableError
 from .frames import Message
+from .live import PresenceChange, Publication
 
 __all__ = ["RedisBroker", "decode_payload", "encode_payload"]
 
@@ -65,9 +67,22 @@ redis.call('PEXPIRE', KEYS[3], ARGV[4])
 return {epoch, offset}
 """
 
+# KEYS: stream, epoch, counter. ARGV: a fresh epoch, ttl in ms. The room's epoch (made if
+# it has none) and its latest offset.
+_POSITION = """
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[2], epoch, 'PX', ARGV[2])
+  redis.call('DEL', KEYS[1], KEYS[3])
+end
+return {epoch, tonumber(redis.call('GET', KEYS[3]) or '0')}
+"""
+
 
 def encode_payload(payload: object) -> str:
-    """A published payload as JSON text (chat events and messages)."""
+    """A published payload as JSON text (chat events, channel publications and presence
+    changes, messages)."""
     if isinstance(payload, ChatEvent):
         return json.dumps(
             {
@@ -75,6 +90,11 @@ def encode_payload(payload: object) -> str:
             },
             ensure_ascii=False,
         )
+    if isinstance(payload, Publication):
+        return json.dumps({"pub": [payload.data, payload.origin]}, ensure_ascii=False)
+    if isinstance(payload, PresenceChange):
+        body = {"presence": [payload.channel, payload.kind, payload.members]}
+        return json.dumps(body, ensure_ascii=False)
     if isinstance(payload, Message):
         if payload.binary:
             data = payload.payload
@@ -86,6 +106,12 @@ def encode_payload(payload: object) -> str:
 def decode_payload(text: str | bytes) -> object:
     """The inverse of :func:`encode_payload`."""
     body = json.loads(text)
+    if "pub" in body:
+        data, origin = body["pub"]
+        return Publication(data, origin)
+    if "presence" in body:
+        channel, kind, members = body["presence"]
+        return PresenceChange(channel, kind, members)
     if "chat" in body:
         kind, nick, line, when, origin = body["chat"]
         return ChatEvent(kind, nick, line, time=when, origin=origin)
@@ -127,7 +153,8 @@ class RedisBroker(Broker):
         self._positions: dict[str, str] = {}  # subscribed room -> last stream id delivered
         self._epochs: dict[str, str] = {}  # subscribed room -> its epoch as last seen
         self._pending: dict[str, asyncio.Future[None]] = {}  # rooms waiting for a position
-        self._outbox: list[tuple[str, object, bool]] = []
+        # (room, payload, keep, the future of its (epoch, offset) or None)
+        self._outbox: list[tuple[str, object, bool, asyncio.Future[tuple[str, int]] | None]] = []
         self._wake_publisher = asyncio.Event()
         self._wake_reader = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -151,6 +178,7 @@ class RedisBroker(Broker):
         retry = redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.02), 2)
         self._redis = redis.asyncio.from_url(self.url, decode_responses=True, retry=retry)
         self._script = self._redis.register_script(_PUBLISH)
+        self._position_script = self._redis.register_script(_POSITION)
         self._tasks = [
             asyncio.ensure_future(self._publisher()),
             asyncio.ensure_future(self._reader()),
@@ -193,8 +221,23 @@ class RedisBroker(Broker):
 
     def publish(self, room: str, payload: object, *, keep: bool = True) -> None:
         # Even with no local member left (a leave): members elsewhere hear it.
-        self._outbox.append((room, payload, keep))
+        self._outbox.append((room, payload, keep, None))
         self._wake_publisher.set()
+
+    async def publish_numbered(self, room: str, payload: object) -> tuple[str, int]:
+        future: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
+        self._outbox.append((room, payload, True, future))
+        self._wake_publisher.set()
+        return await future
+
+    async def position(self, room: str) -> tuple[str, int]:
+        keys = [self._key(room, k) for k in ("stream", "epoch", "n")]
+        ttl = str(int(self.history_age * 1000))
+        try:
+            epoch, offset = await self._position_script(keys=keys, args=[os.urandom(4).hex(), ttl])
+        except self._errors as exc:
+            raise BrokerUnavailableError(f"redis unreachable: {exc}") from None
+        return str(epoch), int(offset)
 
     async def _publisher(self) -> None:
         ttl = str(int(self.history_age * 1000))
@@ -208,7 +251,7 @@ class RedisBroker(Broker):
             for attempt in (1, 2):  # a second time on a fresh connection (Redis restarted?)
                 try:
                     async with self._redis.pipeline(transaction=False) as pipe:
-                        for room, payload, keep in batch:
+                        for room, payload, keep, _ in batch:
                             keys = [self._key(room, k) for k in ("stream", "epoch", "n")]
                             args = [
                                 encode_payload(payload),
@@ -218,13 +261,16 @@ class RedisBroker(Broker):
                                 "1" if keep else "0",
                             ]
                             await self._script(keys=keys, args=args, client=pipe)
-                        await pipe.execute()
+                        results = await pipe.execute()
+                    for (_, _, _, future), (epoch, offset) in zip(batch, results):
+                        if future is not None and not future.done():
+                            future.set_result((str(epoch), int(offset)))
                     break
                 except self._errors as exc:
                     if attempt == 2:
                         self._local(batch, exc)
 
-    def _local(self, batch: list[tuple[str, object, Any]], exc: BaseException) -> None:
+    def _local(self, batch: list[tuple[str, object, Any, Any]], exc: BaseException) -> None:
         self.failures += len(batch)
         log.warning(
             "redis unreachable (%s): %d message(s) delivered to this process only",
@@ -233,9 +279,13 @@ class RedisBroker(Broker):
         )
         deliver = self._deliver
         assert deliver is not None
-        for room, payload, _ in batch:
+        for room, payload, _, future in batch:
             if room in self._positions or room in self._pending:
                 deliver(Envelope(room, 0, payload, ""))
+            if future is not None and not future.done():
+                future.set_exception(
+                    BrokerUnavailableError(f"redis unreachable ({exc}): delivered here only")
+                )
         self._up = False
 
     # Reading

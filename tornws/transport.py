@@ -213,7 +213,7 @@ class Transport(tornado.websocket.WebSocketProtocol):
     # thousands touches one or two cache lines per receiver, not a dict's.
     __slots__ = (  # noqa: RUF023 (the order is the layout)
         # Read on every delivery: first, so that they share cache lines.
-        "_core",
+        "_open",
         "_queued",
         "max_outgoing",
         "_compressor",
@@ -223,6 +223,7 @@ class Transport(tornado.websocket.WebSocketProtocol):
         "_sent",
         "_waiters",
         # The rest.
+        "_core",
         "drop_when_slow",
         "_stats",
         "_fd",
@@ -254,6 +255,9 @@ class Transport(tornado.websocket.WebSocketProtocol):
         self.drop_when_slow = False
         self._stats = _UNCOUNTED
         self._core: Connection | None = None  # from the handshake on
+        # The core's state is OPEN (kept here: a fan-out reads it for every receiver,
+        # and the core is another object, another cache line).
+        self._open = False
         self._compressor: deflate.Compressor | None = None
         self._decompressor: deflate.Decompressor | None = None
         # (level, window bits, memory level) when permessage-deflate runs without
@@ -337,6 +341,7 @@ class Transport(tornado.websocket.WebSocketProtocol):
             now=loop.time(),
             stats=self._stats,
         )
+        self._open = True
         handler.finish()
         self.stream = handler._detach_stream()
         self._take_over()
@@ -533,8 +538,12 @@ class Transport(tornado.websocket.WebSocketProtocol):
             self.handler.log_exception(*sys.exc_info())
             self.abort()
 
+    def on_closing(self) -> None:
+        self._open = False
+
     def on_closed(self) -> None:
         """The core is ``CLOSED``: stop reading, close TCP once flushed."""
+        self._open = False
         self._uncork()  # what was held, with the close frame: the socket closes next
         self._stop_reading()
         self._closing()
@@ -582,8 +591,7 @@ class Transport(tornado.websocket.WebSocketProtocol):
         The fan-out hot path: when nothing is queued, the frame goes straight to
         the socket (``_send``, inlined), with no allocation.
         """
-        core = self._core
-        if core is None or core.state is not _OPEN:
+        if not self._open:
             return False
         queued = self._queued
         if queued and queued + len(message) > self.max_outgoing > 0:
@@ -837,11 +845,11 @@ class Transport(tornado.websocket.WebSocketProtocol):
             self._closing()
 
     def is_closing(self) -> bool:
-        core = self._core
-        return self._finished or core is None or core.state is not _OPEN
+        return not self._open
 
     def abort(self) -> None:
         """Close the socket now, without a closing handshake."""
+        self._open = False
         if self._core is not None:
             self._core.lost()
         self._finish()
@@ -853,6 +861,7 @@ class Transport(tornado.websocket.WebSocketProtocol):
         if self._finished:
             return
         self._finished = True
+        self._open = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -300,22 +300,31 @@ async def run(
     return report
 
 
-async def _allocations(
-    subjects: list[Any], quick: bool, progress: Callable[[str], None]
+async def _counts(
+    subjects: list[Any],
+    counter: str,
+    sizes: tuple[int, ...],
+    few: int,
+    many: int,
+    progress: Callable[[str], None],
 ) -> dict[str, Any]:
-    """``--allocations``: heap allocations per paced delivery, for each subject this bench
-    starts itself (not ``--url``, not ``--redis``)."""
-    from .allocations import per_delivery
+    """``--allocations`` / ``--instructions``: ``counter`` per paced delivery to each of
+    ``sizes`` receivers, for each subject this bench starts itself (not ``--url``, not
+    ``--redis``)."""
+    from .counts import COUNTERS, per_delivery
     from .subjects import Cluster
 
-    receivers, few, many = (100, 2, 42) if quick else (1000, 20, 120)
-    counts: dict[str, Any] = {"receivers": receivers, "per_delivery": {}}
+    counts: dict[str, Any] = {"receivers": list(sizes), "per_delivery": {}}
     for subject in subjects:
         if not subject.command or isinstance(subject, Cluster):
             continue
-        progress(f"{subject.name}: allocations per delivery (memray)")
-        count = await per_delivery(subject, receivers, few, many)
-        counts["per_delivery"][subject.name] = round(count, 2)
+        figures = {}
+        for receivers in sizes:
+            progress(f"{subject.name}: {counter} per delivery to {receivers} ({COUNTERS[counter]})")
+            figures[receivers] = round(
+                await per_delivery(subject, receivers, few, many, counter), 2
+            )
+        counts["per_delivery"][subject.name] = figures
     return counts
 
 
@@ -378,7 +387,17 @@ def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int
     select = getattr(args, "workloads", None)
     report = runner(run(subjects, args.quick, progress, args.scale, args.deflate, select=select))
     if args.allocations:
-        report["allocations"] = runner(_allocations(subjects, args.quick, progress))
+        sizes, few, many = ((100,), 2, 42) if args.quick else ((1000,), 20, 120)
+        report["allocations"] = runner(_counts(subjects, "allocations", sizes, few, many, progress))
+    if getattr(args, "instructions", False):
+        if args.quick:
+            sizes, few, many = (100, 200), 2, 12
+        else:
+            sizes, few, many = (1000, 5000, *((10_000,) if args.scale else ())), 5, 25
+        counted = [s for s in subjects if s.name in ("tornws", "floor")]
+        report["instructions"] = runner(
+            _counts(counted, "instructions", sizes, few, many, progress)
+        )
     out.write(reporting.table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(reporting.jsonable(report), indent=2) + "\n")

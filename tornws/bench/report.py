@@ -133,14 +133,22 @@ def table(report: dict[str, Any]) -> str:
                 f" {'' if memory else _fmt(loadgen, 0) + '%':>8}"
             )
         lines.append("")
-    allocations = report.get("allocations")
-    if allocations:
+    for counter, title in (
+        ("allocations", "heap allocations per delivery (memray"),
+        ("instructions", "user-space instructions per delivery (callgrind"),
+    ):
+        counts = report.get(counter)
+        if not counts:
+            continue
         lines.append(
-            f"allocations per delivery (memray; paced broadcast to {allocations['receivers']}, "
-            "32 B, or 1 KiB of chat JSON for the deflate subjects):"
+            f"{title}; paced broadcast, 32 B, or 1 KiB of chat JSON for the deflate "
+            "subjects; by receivers; spread: max/min − 1):"
         )
-        for subject, count in allocations["per_delivery"].items():
-            lines.append(f"  {subject:<15} {count:>9.2f}")
+        for subject, figures in counts["per_delivery"].items():
+            shown = " / ".join(f"{n}: {v:,.2f}" for n, v in figures.items())
+            values = [v for v in figures.values() if v > 0]
+            spread = f"   spread {max(values) / min(values) - 1:+.1%}" if len(values) > 1 else ""
+            lines.append(f"  {subject:<15} {shown}{spread}")
         lines.append("")
     spreads = growth(report)
     if spreads:
