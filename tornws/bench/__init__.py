@@ -300,17 +300,28 @@ async def run(
     return report
 
 
+def _count_plan(counter: str, args: Any) -> tuple[tuple[int, ...], int, int]:
+    """(receiver counts, messages of the short run, of the long run) for ``counter``."""
+    if counter == "allocations":
+        return ((100,), 2, 42) if args.quick else ((1000,), 20, 120)
+    if args.quick:
+        return (100, 200), 2, 12
+    return (1000, 5000, *((10_000,) if args.scale else ())), 5, 25
+
+
 async def _counts(
     subjects: list[Any],
     counter: str,
-    sizes: tuple[int, ...],
-    few: int,
-    many: int,
+    plan: tuple[tuple[int, ...], int, int],
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
-    """``--allocations`` / ``--instructions``: ``counter`` per paced delivery to each of
-    ``sizes`` receivers, for each subject this bench starts itself (not ``--url``, not
-    ``--redis``)."""
+    """``--allocations`` / ``--instructions``: ``counter`` per paced delivery to each
+    receiver count of ``plan``, for each subject this bench starts itself (not
+    ``--url``, not ``--redis``; instructions: tornws and the floor only, valgrind
+    being slow)."""
+    sizes, few, many = plan
+    if counter == "instructions":
+        subjects = [s for s in subjects if s.name in ("tornws", "floor")]
     from .counts import COUNTERS, per_delivery
     from .subjects import Cluster
 
@@ -386,18 +397,11 @@ def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int
         runner = asyncio.run
     select = getattr(args, "workloads", None)
     report = runner(run(subjects, args.quick, progress, args.scale, args.deflate, select=select))
-    if args.allocations:
-        sizes, few, many = ((100,), 2, 42) if args.quick else ((1000,), 20, 120)
-        report["allocations"] = runner(_counts(subjects, "allocations", sizes, few, many, progress))
-    if getattr(args, "instructions", False):
-        if args.quick:
-            sizes, few, many = (100, 200), 2, 12
-        else:
-            sizes, few, many = (1000, 5000, *((10_000,) if args.scale else ())), 5, 25
-        counted = [s for s in subjects if s.name in ("tornws", "floor")]
-        report["instructions"] = runner(
-            _counts(counted, "instructions", sizes, few, many, progress)
-        )
+    for counter in ("allocations", "instructions"):
+        if getattr(args, counter, False):
+            report[counter] = runner(
+                _counts(subjects, counter, _count_plan(counter, args), progress)
+            )
     out.write(reporting.table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(reporting.jsonable(report), indent=2) + "\n")
