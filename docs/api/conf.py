@@ -3,6 +3,10 @@
 Everything is driven by the code: the index documents ``tornws.__all__`` (autodoc follows a
 module's ``__all__``), and each public module (one with an ``__all__``) gets a page generated
 here at build time, listing its names that ``tornws`` does not re-export.
+
+Why Sphinx (autodoc, napoleon) rather than MkDocs with mkdocstrings: it is the better kept of
+the two for this (a core team and releases since 2008, autodoc part of Sphinx itself rather than
+a plugin chain), follows ``__all__`` natively, and reads Google-style docstrings as they are.
 """
 
 from __future__ import annotations
