@@ -1,11 +1,13 @@
 """Shared fixtures: the demo app on 127.0.0.1, Tornado's WebSocket client, subprocesses.
 
-pytest-tornado provides ``io_loop``, ``http_server`` (serving the ``app``
-fixture) and ``http_port``; tests request ``http_server`` to start the server.
+pytest-tornado provides ``http_server`` (serving the ``app`` fixture) and
+``http_port``; tests request ``http_server`` to start the server. Its
+``io_loop`` is replaced here (see :func:`io_loop`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import tornado.ioloop
 import tornado.websocket
 
 import tornws
@@ -33,6 +36,33 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if REQUIRE_ALL and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped, but TORNWS_TEST_REQUIRE_ALL=1 forbids skips: {report.longrepr}"
+
+
+@pytest.fixture
+def io_loop() -> Iterator[tornado.ioloop.IOLoop]:
+    """A new IOLoop on a new asyncio loop, set as the current loop for the test.
+
+    Replaces pytest-tornado 0.8.1's fixture, which calls ``IOLoop()`` and
+    ``make_current()``: those ask ``asyncio.get_event_loop()`` for the loop to
+    restore later, which warns (Python 3.12+) when none is set, and Tornado 6.6
+    deprecates ``make_current``. This is what Tornado's own ``AsyncTestCase``
+    does: ``IOLoop(make_current=False)``, the asyncio loop set explicitly, the
+    tasks a test left behind cancelled and run to their end, then everything
+    closed.
+    """
+    loop = tornado.ioloop.IOLoop(make_current=False)
+    asyncio_loop = loop.asyncio_loop  # type: ignore[attr-defined]
+    asyncio.set_event_loop(asyncio_loop)
+    try:
+        yield loop
+    finally:
+        pending = [task for task in asyncio.all_tasks(asyncio_loop) if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_sync(lambda: asyncio.wait(pending))
+        asyncio.set_event_loop(None)
+        loop.close(all_fds=True)
 
 
 @pytest.fixture

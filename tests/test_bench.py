@@ -146,7 +146,16 @@ def test_bench_quick_counts_allocations_per_delivery(quick: tuple[str, str, dict
     counts = {name: figures["100"] for name, figures in data["allocations"]["per_delivery"].items()}
     assert set(counts) == set(data["subjects"])
     assert all(count > 0 for name, count in counts.items() if name != "floor"), counts
-    assert counts["tornws"] < 8, counts
+    # memray's count depends on the interpreter as much as on the code: on 3.12+ the same code
+    # counts more (a loop turn making one C method call and one C function call: 2 on 3.11,
+    # 3 on 3.12 and 3.13; likely its profile hook on 3.12's tracing shim, not checked in
+    # memray's source). Quick runs measured tornws / asyncio per
+    # delivery: 3.5 / 26.6 on 3.11.7, 10.4 / 56.7 on 3.12.1, 19.3 / 60.2 on 3.13.0. The
+    # absolute bound is the 3.11 one; everywhere, tornws stays under half the asyncio
+    # version's count on the same interpreter.
+    if sys.version_info[:2] == (3, 11):
+        assert counts["tornws"] < 8, counts
+    assert counts["tornws"] < counts["asyncio"] / 2, counts
     # The bare send loop allocates per broadcast (its read, its frame), not per delivery:
     # a few per delivery at 100 receivers, far below a Task per delivery.
     assert counts["floor"] < counts["asyncio"] / 4, counts

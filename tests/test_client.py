@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+from typing import Any
 
 import pytest
 
-from tornws.client import describe_close, format_message, run
+from tornws.client import _Session, describe_close, format_message, run
 
 
 class Terminal(io.StringIO):
@@ -87,6 +89,19 @@ async def test_client_refused_handshake_is_one_line(ws_url: str) -> None:
         f"Handshake refused by {ws_url}/chat: HTTP 400 Bad Request: "
         "unsupported subprotocol nope; this endpoint supports: chat.json, chat\n"
     )
+
+
+def test_client_stdin_reader_outlives_its_loop_quietly() -> None:
+    """Input that ends after the session's loop closed is dropped, not an error in its thread."""
+    loop = asyncio.new_event_loop()
+
+    async def session() -> _Session:
+        connection: Any = None  # read_stdin never touches it
+        return _Session(connection, io.StringIO("late\n"), io.StringIO(), wait=0)
+
+    late = loop.run_until_complete(session())
+    loop.close()
+    late.read_stdin()  # the thread's whole run; it raised "Event loop is closed"
 
 
 def test_format_message_shows_binary_as_hex() -> None:

@@ -124,9 +124,19 @@ class _Session:
         # In a thread, because reading stdin blocks; lines cross to the loop safely.
         try:
             for line in self.stdin:
-                self.loop.call_soon_threadsafe(self.lines.put_nowait, line.rstrip("\r\n"))
+                if not self._hand_over(line.rstrip("\r\n")):
+                    return
         finally:
-            self.loop.call_soon_threadsafe(self.lines.put_nowait, None)
+            self._hand_over(None)
+
+    def _hand_over(self, line: str | None) -> bool:
+        """Queue ``line`` on the loop; False once the loop is closed (the session ended
+        before its input did: the server closed, the handshake was refused)."""
+        try:
+            self.loop.call_soon_threadsafe(self.lines.put_nowait, line)
+        except RuntimeError:  # "Event loop is closed"
+            return False
+        return True
 
     async def receive(self) -> None:
         while (message := await self.connection.read_message()) is not None:

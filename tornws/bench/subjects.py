@@ -29,8 +29,20 @@ __all__ = [
     "rss_bytes",
 ]
 
-#: Where the asyncio version lives in a checkout of the tornws repository.
-ASYNCIO_SERVER = Path(__file__).resolve().parents[2] / "examples" / "asyncio_version" / "server.py"
+_HERE = Path(__file__).resolve().parent
+#: The asyncio version: in a checkout, examples/asyncio_version/server.py; an installed wheel
+#: carries that same file as tornws/bench/asyncio_version/server.py (setup.cfg's package_dir).
+ASYNCIO_SERVER = next(
+    (
+        path
+        for path in (
+            _HERE / "asyncio_version" / "server.py",
+            _HERE.parents[1] / "examples" / "asyncio_version" / "server.py",
+        )
+        if path.is_file()
+    ),
+    _HERE.parents[1] / "examples" / "asyncio_version" / "server.py",
+)
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -169,8 +181,8 @@ def builtin_subjects(asyncio_server: Path = ASYNCIO_SERVER) -> list[Subject]:
     """tornws's demo app, the asyncio version, and the raw-Tornado baseline."""
     if not asyncio_server.is_file():
         raise ConfigError(
-            f"the asyncio version is not at {asyncio_server}: run tornws bench from a checkout "
-            "of the tornws repository (pip install -e .) or pass --asyncio-server PATH"
+            f"the asyncio version is not at {asyncio_server}: install tornws with the bench "
+            "extra (pip install 'tornws[bench]') or pass --asyncio-server PATH"
         )
     python = sys.executable
     quiet = ["--log-level", "warning"]
