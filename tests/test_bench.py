@@ -280,3 +280,34 @@ async def test_cluster_subject_broadcasts_across_two_processes() -> None:
     finally:
         await fanout.close()
         running.stop()
+
+
+def test_bench_counts_instructions_per_delivery(tmp_path: Path) -> None:
+    """--instructions: callgrind's user-space instructions per paced delivery for tornws
+    and the floor, at each receiver count, with their spread; tornws does more per
+    delivery than a bare send loop, and both do hundreds, not millions."""
+    import shutil
+
+    if shutil.which("valgrind") is None:
+        pytest.skip("--instructions needs valgrind (apt-get install valgrind)")
+    pytest.importorskip("picows", reason="tornws bench needs the bench extra (picows)")
+    out = tmp_path / "i.json"
+    result = run(
+        tornws_command(
+            "bench",
+            *("--quick", "--only", "tornws", "--floor", "--workloads", "idle memory"),
+            *("--instructions", "--json", str(out)),
+        ),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    counts = json.loads(out.read_text())["instructions"]
+    assert counts["receivers"] == [100, 200]
+    figures = counts["per_delivery"]
+    assert set(figures) == {"tornws", "floor"}
+    for subject in figures.values():
+        assert set(subject) == {"100", "200"}
+        assert all(100 < value < 100_000 for value in subject.values()), figures
+    assert figures["tornws"]["200"] > figures["floor"]["200"]
+    assert "user-space instructions per delivery (callgrind" in result.stdout
+    assert "spread" in result.stdout
