@@ -58,6 +58,7 @@ from .demo import (
     EchoHandler,
 )
 from .exceptions import (
+    BrokerUnavailableError,
     ConfigError,
     HandshakeError,
     ProtocolError,
@@ -127,6 +128,7 @@ __all__ = [
     "VERBATIM",
     "BroadcastHandler",
     "Broker",
+    "BrokerUnavailableError",
     "ChatEvent",
     "ChatHandler",
     "ChatInputError",

@@ -190,40 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--access-log", action="store_true", help="also log every HTTP request (tornado.access)"
     )
 
-    client = commands.add_parser(
-        "client",
-        help="connect to a WebSocket URL; type to send, see what arrives",
-        description="Interactive WebSocket client. With stdin not a terminal, sends each "
-        "line, prints replies until WAIT quiet seconds, closes, exits 0.",
-    )
-    client.add_argument("url", type=_ws_url, metavar="URL")
-    client.add_argument(
-        "--subprotocol",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="offer this subprotocol (repeatable, in order of preference)",
-    )
-    client.add_argument(
-        "--header",
-        action="append",
-        default=[],
-        type=_header,
-        metavar="'NAME: VALUE'",
-        help="extra request header (repeatable)",
-    )
-    client.add_argument("--origin", help="send this Origin header")
-    client.add_argument("--compress", action="store_true", help="offer permessage-deflate")
-    client.add_argument(
-        "--cafile", help="for wss://, trust the certificate authorities in this PEM file"
-    )
-    client.add_argument(
-        "--wait",
-        type=float,
-        default=1.0,
-        metavar="SECONDS",
-        help="after end of input, close once no message came for this long (default: %(default)s)",
-    )
+    _add_client(commands)
 
     bench = commands.add_parser(
         "bench",
@@ -299,6 +266,64 @@ def build_parser() -> argparse.ArgumentParser:
         help="the asyncio version's server.py (default: the checkout's)",
     )
     return parser
+
+
+def _add_client(commands: Any) -> None:
+    """``tornws client``'s arguments."""
+    client = commands.add_parser(
+        "client",
+        help="connect to a WebSocket URL; type to send, see what arrives",
+        description="Interactive WebSocket client. With stdin not a terminal, sends each "
+        "line, prints replies until WAIT quiet seconds, closes, exits 0.",
+    )
+    client.add_argument("url", type=_ws_url, metavar="URL")
+    client.add_argument(
+        "--subprotocol",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="offer this subprotocol (repeatable, in order of preference)",
+    )
+    client.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        type=_header,
+        metavar="'NAME: VALUE'",
+        help="extra request header (repeatable)",
+    )
+    client.add_argument("--origin", help="send this Origin header")
+    client.add_argument("--compress", action="store_true", help="offer permessage-deflate")
+    client.add_argument(
+        "--cafile", help="for wss://, trust the certificate authorities in this PEM file"
+    )
+    client.add_argument(
+        "--subscribe",
+        action="append",
+        default=[],
+        metavar="CHANNEL",
+        help="speak tornws.v1 (/live): subscribe to CHANNEL (repeatable) and print each "
+        "publication's data as one JSON line",
+    )
+    client.add_argument(
+        "--publish",
+        metavar="CHANNEL",
+        help="speak tornws.v1 (/live): publish each stdin line to CHANNEL (JSON if it "
+        "parses, else a string) and print its <epoch>:<offset>",
+    )
+    client.add_argument(
+        "--count",
+        type=int,
+        metavar="N",
+        help="with --subscribe: exit 0 after N publications",
+    )
+    client.add_argument(
+        "--wait",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="after end of input, close once no message came for this long (default: %(default)s)",
+    )
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -410,6 +435,20 @@ def _client(args: argparse.Namespace) -> int:
     headers = list(args.header)
     if args.origin:
         headers.append(("Origin", args.origin))
+    if args.subscribe or args.publish:
+        from .client import run_live
+
+        return asyncio.run(
+            run_live(
+                args.url,
+                subscribe=args.subscribe,
+                publish=args.publish,
+                headers=headers,
+                cafile=args.cafile,
+                count=args.count,
+                wait=args.wait,
+            )
+        )
     return asyncio.run(
         run(
             args.url,

@@ -16,6 +16,8 @@ Every exception tornws defines derives from :class:`TornwsError`::
      │                    expired or used; answered with HTTP 401
      ├── ChatInputError   (tornws.chat; also ValueError) a chat.json message that
      │                    cannot be understood; answered with an ``error`` event
+     ├── CommandError     (tornws.live) a tornws.v1 command that cannot be carried
+     │                    out; answered with ``{"error": {code, message}}``
      └── CheckFailed      (tornws.bench.load; also AssertionError) a server under
                           ``tornws bench`` answered wrongly
 

@@ -12,9 +12,11 @@ a plugin chain), follows ``__all__`` natively, and reads Google-style docstrings
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import pkgutil
 import sys
+import textwrap
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -87,6 +89,30 @@ def write_module_pages() -> None:
     )
 
 
+def write_exported_data() -> None:
+    """``exported_data.inc``: an entry for each constant of ``tornws.__all__`` (automodule
+    leaves out data that a module imports), with the ``#:`` comment of the module that
+    defines it."""
+    from sphinx.pycode import ModuleAnalyzer
+
+    entries = []
+    for name in tornws.__all__:
+        value = getattr(tornws, name)
+        if name == "__version__" or inspect.isclass(value) or inspect.isroutine(value):
+            continue
+        text, origin = "", ""
+        for module in public_modules():
+            if name in getattr(importlib.import_module(module), "__all__", ()):
+                found = ModuleAnalyzer.for_module(module).find_attr_docs().get(("", name))
+                if found:
+                    text, origin = " ".join(line.strip() for line in found), module
+                    break
+                origin = origin or module
+        body = textwrap.indent(f"{text}\n\nDefined in :mod:`{origin}`.", "   ")
+        entries.append(f".. py:data:: {name}\n   :module: tornws\n\n{body}\n")
+    _write(os.path.join(HERE, "exported_data.inc"), "\n".join(entries))
+
+
 _REEXPORTED = {id(getattr(tornws, name)) for name in tornws.__all__ if name != "__version__"}
 
 
@@ -100,4 +126,5 @@ def skip_reexported(app: Any, what: str, name: str, obj: Any, *_: Any) -> bool |
 
 def setup(app: Any) -> None:
     write_module_pages()
+    write_exported_data()
     app.connect("autodoc-skip-member", skip_reexported)
