@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Server, free_port
+from conftest import ROOT, Server, free_port
 from processes import Interactive, tornws_command
 from services import REDIS, Redis
 
@@ -360,3 +360,82 @@ def test_chromium_negotiates_deflate_in_both_modes(context: Any, mode: str, expe
         assert context.errors == []
     finally:
         assert server.stop()[0] == 0
+
+
+LIVE_JS = """async () => {
+  const { LiveClient } = await import("/_tornws/tornws.js");
+  const until = async (check) => {
+    for (let i = 0; i < 200 && !check(); i++) await new Promise((r) => setTimeout(r, 25));
+    return check();
+  };
+  const got = { a: [], b: [], c: [] };
+  const statuses = [];
+  const live = new LiveClient("/live", { minDelay: 300, maxDelay: 600 });
+  live.addEventListener("status", (e) => statuses.push(e.detail.status));
+  live.connect();
+  for (const channel of ["a", "b", "c"]) {
+    await live.subscribe(channel, (data) => got[channel].push(data));
+  }
+  const writer = new LiveClient("/live");
+  writer.connect();
+  for (const channel of ["a", "b", "c"]) await writer.publish(channel, 1);
+  await until(() => got.a.length + got.b.length + got.c.length === 3);
+  live.socket.close();  // the socket drops
+  for (const n of [2, 3]) {
+    for (const channel of ["a", "b", "c"]) await writer.publish(channel, n);
+  }
+  await until(() => got.a.length + got.b.length + got.c.length === 9);
+  await writer.publish("b", 4);
+  await until(() => got.b.length === 4);
+  let refused = null;
+  try { await live.subscribe("#ann", () => {}); } catch (error) { refused = error.code; }
+  live.close(); writer.close();
+  return { got, statuses, refused };
+}"""
+
+
+def test_live_client_in_chromium_resumes_three_subscriptions(context: Any, server: Server) -> None:
+    """tornws.js's LiveClient in Chromium: three subscriptions on one socket; the socket
+    drops; it reconnects with backoff and every channel resumes from its own position:
+    each publication once, in order; an error comes back as a rejected promise's code."""
+    page = context.new_page()
+    page.goto(f"{base(server)}/")
+    result = page.evaluate(LIVE_JS)
+    assert result["got"] == {"a": [1, 2, 3], "b": [1, 2, 3, 4], "c": [1, 2, 3]}
+    assert result["statuses"][:3] == ["connecting", "open", "reconnecting"]
+    assert "open" in result["statuses"][3:]
+    assert result["refused"] == "bad_channel"
+
+
+def test_readme_live_snippet_runs_in_chromium(context: Any, server: Server) -> None:
+    """The README's browser snippet for live channels, as it stands, in Chromium: two
+    tiles follow their channels on one socket, and the publish answers its position."""
+    import re
+
+    readme = (Path(ROOT) / "README.md").read_text()
+    (snippet,) = [
+        block
+        for block in re.findall(r"```js\n(.*?)```", readme, flags=re.DOTALL)
+        if "LiveClient" in block
+    ]
+    body = snippet.replace(
+        'import { LiveClient } from "/_tornws/tornws.js";',
+        'const { LiveClient } = await import("/_tornws/tornws.js");',
+    )
+    page = context.new_page()
+    page.goto(f"{base(server)}/")
+    page.evaluate(
+        "() => { for (const name of ['news', 'weather']) {"
+        " const tile = document.createElement('div'); tile.dataset.channel = name;"
+        " document.body.append(tile); } }"
+    )
+    result = page.evaluate(
+        "async () => {" + body + "\n"
+        "for (let i = 0; i < 100 && !document.querySelector('[data-channel=news]')"
+        ".textContent; i++) await new Promise((r) => setTimeout(r, 20));\n"
+        "const tiles = [...document.querySelectorAll('[data-channel]')]"
+        ".map((t) => [t.dataset.channel, t.textContent]);\n"
+        "live.close(); return { epoch, offset, tiles, sockets: 1 };}"
+    )
+    assert result["offset"] == 1 and result["epoch"]
+    assert result["tiles"] == [["news", '{"title":"hello"}'], ["weather", ""]]

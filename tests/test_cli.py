@@ -207,3 +207,26 @@ def test_cli_version_and_help() -> None:
     assert run(tornws_command("--version")).stdout == f"tornws {tornws.__version__}\n"
     helptext = run(tornws_command("--help")).stdout
     assert "serve" in helptext and "client" in helptext
+
+
+def test_cli_serve_ping_interval(start_server: Any) -> None:
+    """--ping-interval 0.2 pings every 0.2 s (a client sees the pings); a negative one is
+    refused in one line, exit 2."""
+    import asyncio
+
+    import tornado.websocket
+
+    port = free_port()
+    start_server(tornws_command("serve", "--port", str(port), "--ping-interval", "0.2"), port)
+
+    async def pings() -> int:
+        seen: list[bytes] = []
+        connection = await tornado.websocket.websocket_connect(f"ws://127.0.0.1:{port}/echo")
+        connection.on_ping = seen.append  # type: ignore[method-assign]
+        await asyncio.sleep(0.7)
+        connection.close()
+        return len(seen)
+
+    assert asyncio.run(pings()) >= 2
+    refused = run(tornws_command("serve", "--port", "0", "--ping-interval", "-1"))
+    assert refused.returncode == 2 and "--ping-interval must be 0 (off) or more" in refused.stderr

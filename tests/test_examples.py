@@ -187,3 +187,38 @@ def test_example_embed(start_example: Any) -> None:
         f"{server.url}/ws/chat/lobby", additional_headers={"Cookie": cookie}, open_timeout=TIMEOUT
     ) as ws:
         assert ws.recv(TIMEOUT) == "* you are ann in lobby; here: ann"
+
+
+def test_example_live_server(start_example: Any) -> None:
+    """live_server.py: anyone subscribes, only a signed-in user publishes, staff.* is staff
+    only; a publication reaches the subscriber."""
+    import json
+
+    import tornado.web
+
+    server = start_example("live_server")
+    cookie = tornado.web.create_signed_value("change me", "user", "ann").decode()
+
+    def command(ws: Any, ident: int, kind: str, **fields: Any) -> Any:
+        ws.send(json.dumps({"id": ident, "type": kind, **fields}))
+        while True:
+            reply = json.loads(ws.recv(TIMEOUT))
+            if reply.get("id") == ident:
+                return reply
+
+    url = f"{server.url}/live"
+    with (
+        connect(url, subprotocols=["tornws.v1"], open_timeout=TIMEOUT) as anonymous,
+        connect(
+            url,
+            subprotocols=["tornws.v1"],
+            additional_headers={"Cookie": f"user={cookie}"},
+            open_timeout=TIMEOUT,
+        ) as ann,
+    ):
+        assert "result" in command(anonymous, 1, "subscribe", channel="news")
+        refused = command(anonymous, 2, "publish", channel="news", data=1)
+        assert refused["error"]["code"] == "forbidden"
+        assert command(ann, 1, "subscribe", channel="staff.room")["error"]["code"] == "forbidden"
+        assert command(ann, 2, "publish", channel="news", data="hi")["result"]["offset"] == 1
+        assert json.loads(anonymous.recv(TIMEOUT))["data"] == "hi"

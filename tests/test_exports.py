@@ -72,6 +72,7 @@ TOP_LEVEL_MODULES = [
     "tornws.exceptions",
     "tornws.frames",
     "tornws.handlers",
+    "tornws.live",
     "tornws.node",
     "tornws.registry",
     "tornws.server",

@@ -110,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest incoming message, e.g. 64k or 1m (default: 1m)",
     )
     serve.add_argument(
+        "--ping-interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="keepalive: a ping every SECONDS, close 1011 when its pong is as late (0: "
+        "no keepalive; default: 20)",
+    )
+    serve.add_argument(
         "--compress",
         nargs="?",
         const="context",
@@ -366,10 +374,7 @@ def _serve(args: argparse.Namespace) -> int:
         elif args.compress:
             options["compression"] = {}
         app = make_app(registry=_registry(args.broker), handler_options=options)
-    if args.max_connections is not None:
-        app.settings["tornws_max_connections"] = args.max_connections
-    if args.max_connections_per_ip is not None:
-        app.settings["tornws_max_connections_per_ip"] = args.max_connections_per_ip
+    _apply_settings(app, args)
     server_options: dict[str, Any] = {"xheaders": args.xheaders}
     if args.certfile:
         try:
@@ -411,6 +416,19 @@ def _serve(args: argparse.Namespace) -> int:
             return 2
 
     return run_workers(args.workers, worker)
+
+
+def _apply_settings(app: Any, args: argparse.Namespace) -> None:
+    """The application settings ``tornws serve``'s flags give: keepalive, connection limits."""
+    if args.ping_interval is not None:
+        if args.ping_interval < 0:
+            raise ConfigError("--ping-interval must be 0 (off) or more seconds")
+        app.settings["websocket_ping_interval"] = args.ping_interval
+        app.settings["websocket_ping_timeout"] = args.ping_interval
+    if args.max_connections is not None:
+        app.settings["tornws_max_connections"] = args.max_connections
+    if args.max_connections_per_ip is not None:
+        app.settings["tornws_max_connections_per_ip"] = args.max_connections_per_ip
 
 
 def _registry(broker: str | None) -> Any:

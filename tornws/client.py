@@ -468,25 +468,24 @@ async def run_live(
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
     client = LiveClient(url, headers=headers, cafile=cafile, backoff=(0.2, 2.0))
-    try:
-        await client.connect()
-        for channel in subscribe:
-            result = await client.subscribe(channel)
-            err.write(f"Subscribed to {channel} at {result['epoch']}:{result['offset']}.\n")
-    except (ConnectionError, CommandError) as exc:
-        err.write(f"{exc}\n")
-        await client.close()
-        return 1
-    err.flush()
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
-    quiet = _Quiet(loop)
-    shower = asyncio.ensure_future(_show(client, out, count, done, quiet))
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM):  # (before the first line it prints)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, done.set)
+    quiet = _Quiet(loop)
+    shower = asyncio.ensure_future(_show(client, out, count, done, quiet))
     status = 0
     try:
+        try:
+            await client.connect()
+            for channel in subscribe:
+                result = await client.subscribe(channel)
+                err.write(f"Subscribed to {channel} at {result['epoch']}:{result['offset']}.\n")
+                err.flush()
+        except (ConnectionError, CommandError) as exc:
+            err.write(f"{exc}\n")
+            return 1
         if publish is None:
             await done.wait()
         else:

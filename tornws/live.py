@@ -47,10 +47,10 @@ __all__ = [
     "ACTIONS",
     "CHANNEL_PATTERN",
     "DEFAULT_MAX_SUBSCRIPTIONS",
+    "LIVE_SUBPROTOCOL",
     "PRESENCE",
     "PRESENCE_INTERVAL",
     "PUB",
-    "SUBPROTOCOL",
     "CommandError",
     "LiveHandler",
     "PresenceChange",
@@ -65,7 +65,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The subprotocol a ``/live`` client must offer.
-SUBPROTOCOL = "tornws.v1"
+LIVE_SUBPROTOCOL = "tornws.v1"
 #: Channel names (a leading ``#`` is reserved for per-user channels).
 CHANNEL_PATTERN = r"[A-Za-z0-9_.:@~-]{1,128}"
 _CHANNEL = re.compile(CHANNEL_PATTERN)
@@ -298,7 +298,7 @@ class LiveHandler(WebSocketHandler):
             ``too_many_subscriptions``).
     """
 
-    subprotocols = (SUBPROTOCOL,)
+    subprotocols = (LIVE_SUBPROTOCOL,)
     subprotocol_required = True
 
     # Defaults, for subclasses whose initialize() does not call super().initialize().

@@ -201,3 +201,174 @@ export class ChatClient extends EventTarget {
     else this._members.delete(nick);
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// LiveClient: the tornws.v1 protocol of /live (docs/protocol.md, "Live channels").
+//
+//   import { LiveClient } from "./tornws.js";
+//   const live = new LiveClient("/live");
+//   live.connect();
+//   const news = await live.subscribe("news", (data, pub) => console.log(data), { presence: true });
+//   await live.publish("news", { title: "hello" });   // resolves to {epoch, offset}
+//   live.addEventListener("join", (e) => console.log(e.detail.channel, e.detail.members));
+//
+// One socket, many subscriptions; a promise per command (rejected with an Error whose `code`
+// is the server's error code). After a lost connection it reconnects with exponential backoff
+// and jitter, and subscribes again to every channel with `since` = the last publication it saw
+// there: what was missed arrives first, in order, nothing twice. Events (CustomEvent, `detail`):
+//   status  {status, delay}: "connecting", "open", "reconnecting", "closed"
+//   join, leave  {channel, members}: presence pushes (subscriptions made with presence: true)
+//   gap     {channel}: after a reconnect the server could not prove the channel's history whole
+//           (recovered: false): reload what the channel stands for.
+
+export const LIVE_PROTOCOL = "tornws.v1";
+
+export class LiveClient extends EventTarget {
+  /**
+   * @param {string} url   "/live" (same host as the page) or a full ws:// or wss:// URL.
+   * @param {object} [options]
+   * @param {number} [options.minDelay]  first reconnect delay, ms (default 500).
+   * @param {number} [options.maxDelay]  reconnect delay cap, ms (default 10000).
+   */
+  constructor(url, { minDelay = 500, maxDelay = 10000 } = {}) {
+    super();
+    const target = new URL(url, globalThis.location ? globalThis.location.href : undefined);
+    if (target.protocol === "http:") target.protocol = "ws:";
+    if (target.protocol === "https:") target.protocol = "wss:";
+    this.url = target;
+    this.minDelay = minDelay;
+    this.maxDelay = maxDelay;
+    /** "idle" | "connecting" | "open" | "reconnecting" | "closed" */
+    this.status = "idle";
+    this.socket = null;
+    /** channel -> {handler, presence, epoch, offset} */
+    this.subscriptions = new Map();
+    this._nextId = 1;
+    this._pending = new Map(); // id -> {resolve, reject, command}
+    this._attempt = 0;
+    this._timer = null;
+    this._opened = null; // a promise resolved when the socket is open
+  }
+
+  connect() {
+    if (this.status === "closed") return;
+    this._setStatus(this._attempt ? "reconnecting" : "connecting");
+    let resolveOpen;
+    this._opened = new Promise((resolve) => (resolveOpen = resolve));
+    const socket = new WebSocket(this.url, LIVE_PROTOCOL);
+    this.socket = socket;
+    socket.onopen = () => {
+      this._attempt = 0;
+      this._setStatus("open");
+      resolveOpen();
+      this._resubscribe();
+    };
+    socket.onmessage = (event) => this._receive(JSON.parse(event.data));
+    socket.onclose = () => {
+      if (this.socket !== socket) return;
+      for (const { reject } of this._pending.values()) reject(new Error("connection lost"));
+      this._pending.clear();
+      if (this.status === "closed") return;
+      const delay = Math.min(this.maxDelay, this.minDelay * 2 ** this._attempt);
+      this._attempt += 1;
+      const jittered = delay / 2 + Math.random() * (delay / 2);
+      this._setStatus("reconnecting", { delay: Math.round(jittered) });
+      this._timer = setTimeout(() => this.connect(), jittered);
+    };
+  }
+
+  close() {
+    this._setStatus("closed");
+    clearTimeout(this._timer);
+    if (this.socket) this.socket.close(1000);
+  }
+
+  /** Subscribe; `handler(data, pub)` gets each publication. Resolves to the result. */
+  async subscribe(channel, handler, { presence = false } = {}) {
+    const fields = { channel };
+    if (presence) fields.presence = true;
+    const result = await this.command("subscribe", fields);
+    this.subscriptions.set(channel, {
+      handler, presence, epoch: result.epoch, offset: result.offset,
+    });
+    return result;
+  }
+
+  async unsubscribe(channel) {
+    await this.command("unsubscribe", { channel });
+    this.subscriptions.delete(channel);
+  }
+
+  publish(channel, data) {
+    return this.command("publish", { channel, data });
+  }
+
+  presence(channel) {
+    return this.command("presence", { channel });
+  }
+
+  /** Send one command; resolves to its result, rejects with an Error carrying `code`. */
+  async command(type, fields) {
+    await this._opened;
+    const id = this._nextId++;
+    return new Promise((resolve, reject) => {
+      this._pending.set(id, { resolve, reject });
+      this.socket.send(JSON.stringify({ id, type, ...fields }));
+    });
+  }
+
+  _receive(message) {
+    if ("id" in message) {
+      const waiting = this._pending.get(message.id);
+      if (!waiting) return;
+      this._pending.delete(message.id);
+      if (message.error) {
+        const error = new Error(message.error.message);
+        error.code = message.error.code;
+        waiting.reject(error);
+      } else {
+        waiting.resolve(message.result);
+      }
+      return;
+    }
+    if (message.type === "pub") {
+      this._deliver(message);
+    } else if (message.type === "join" || message.type === "leave") {
+      this.dispatchEvent(new CustomEvent(message.type, { detail: message }));
+    }
+  }
+
+  _deliver(pub) {
+    const subscription = this.subscriptions.get(pub.channel);
+    if (!subscription) return;
+    if (subscription.epoch === pub.epoch && pub.offset <= subscription.offset) return; // seen
+    subscription.epoch = pub.epoch;
+    subscription.offset = pub.offset;
+    subscription.handler(pub.data, pub);
+  }
+
+  async _resubscribe() {
+    // Every subscription answered on an earlier socket, from where it was.
+    for (const [channel, subscription] of [...this.subscriptions]) {
+      const fields = { channel, since: `${subscription.epoch}:${subscription.offset}` };
+      if (subscription.presence) fields.presence = true;
+      let result;
+      try {
+        result = await this.command("subscribe", fields);
+      } catch (error) {
+        continue; // the connection dropped again: the next open retries
+      }
+      for (const pub of result.publications || []) this._deliver(pub);
+      if (!result.recovered) {
+        subscription.epoch = result.epoch;
+        subscription.offset = result.offset;
+        this.dispatchEvent(new CustomEvent("gap", { detail: { channel } }));
+      }
+    }
+  }
+
+  _setStatus(status, extra = {}) {
+    this.status = status;
+    this.dispatchEvent(new CustomEvent("status", { detail: { status, ...extra } }));
+  }
+}
