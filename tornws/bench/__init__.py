@@ -305,8 +305,8 @@ def _count_plan(counter: str, args: Any) -> tuple[tuple[int, ...], int, int]:
     if counter == "allocations":
         return ((100,), 2, 42) if args.quick else ((1000,), 20, 120)
     if args.quick:
-        return (100, 200), 2, 12
-    return (1000, 5000, *((10_000,) if args.scale else ())), 5, 25
+        return (100, 200), 0, 10
+    return (1000, 5000, *((10_000,) if args.scale else ())), 0, 20
 
 
 async def _counts(

@@ -2,12 +2,15 @@
 allocations (``--allocations``, memray) and user-space instructions
 (``--instructions``, valgrind's callgrind).
 
-Each subject runs twice under the counting tool; both runs grow the same
+Allocations: each subject runs twice under memray; both runs grow the same
 receivers and differ only in the number of paced messages, so the difference in
-the tool's total over the difference in deliveries (every frame the receivers
+memray's total over the difference in deliveries (every frame the receivers
 got, counted by the load generator, warm-ups included) is what one delivery
-costs. A count, not a time: the same code gives the same figure on a busy
-machine (callgrind's is repeatable to a fraction of a percent).
+costs. Instructions: one run under callgrind, whose counts are zeroed
+(``callgrind_control -z``) once the receivers are in and dumped
+(``callgrind_control -d``) after the paced messages: the instructions of
+exactly those deliveries, divided by their number. A count, not a time: it
+hardly depends on what else the machine is doing.
 
 - ``allocations``: ``memray run --trace-python-allocators`` (every allocation,
   Python's own allocators included, freed or not); needs memray (the ``bench``
@@ -98,12 +101,59 @@ async def _count(
     return _total(counter, capture), delivered
 
 
+async def _control(flag: str, pid: int) -> None:
+    """``callgrind_control FLAG PID``: ``-z`` zeroes the counts, ``-d`` dumps them."""
+    process = await asyncio.create_subprocess_exec(
+        "callgrind_control",
+        flag,
+        str(pid),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    if process.returncode != 0 or b"OK" not in output:
+        raise ConfigError(f"callgrind_control {flag} {pid} failed: {output.decode().strip()}")
+
+
+async def _window(
+    subject: Subject, receivers: int, messages: int, folder: Path, route: str = "broadcast"
+) -> float:
+    """Instructions per delivery counted over the paced messages only: callgrind's counts
+    are zeroed once the receivers are in and dumped after the last message, so the
+    growth (its handshakes, a chat room's join notices) is not in the figure."""
+    capture = folder / f"{subject.name.replace('+', '_')}-{route}-{receivers}.out"
+    running = _wrapped(subject, "instructions", capture).start(None)
+    try:
+        fanout = load.Fanout(running, offer=subject.offer, route=route)
+        await fanout.grow(receivers)
+        start = fanout.received
+        await _control("-z", running.pid)
+        await fanout.run(messages, paced=True, chat=subject.offer is not None)
+        await _control("-d", running.pid)
+        delivered = fanout.received - start
+        await fanout.close()
+    finally:
+        running.stop()
+    dump = capture.with_name(capture.name + ".1")
+    for _ in range(100):
+        if dump.exists() and dump.stat().st_size:
+            break
+        await asyncio.sleep(0.1)
+    return _total("instructions", dump) / max(1, delivered)
+
+
 async def per_delivery(
-    subject: Subject, receivers: int, few: int, many: int, counter: str = "allocations"
+    subject: Subject,
+    receivers: int,
+    few: int,
+    many: int,
+    counter: str = "allocations",
+    *,
+    route: str = "broadcast",
 ) -> float:
     """``counter`` (:data:`COUNTERS`) per delivery of a paced broadcast to ``receivers``
     (1 KiB chat messages for subjects whose receivers offer permessage-deflate, else
-    32 bytes)."""
+    32 bytes) on ``route`` (instructions only; :data:`tornws.bench.load.ROUTES`)."""
     if counter == "allocations":
         try:
             import memray  # noqa: F401
@@ -115,6 +165,8 @@ async def per_delivery(
     else:
         raise ConfigError(f"unknown counter {counter!r}; known: {', '.join(COUNTERS)}")
     with tempfile.TemporaryDirectory(prefix=f"tornws-{counter}-") as folder:
+        if counter == "instructions":
+            return await _window(subject, receivers, many, Path(folder), route)
         low, low_delivered = await _count(subject, counter, receivers, few, Path(folder))
         high, high_delivered = await _count(subject, counter, receivers, many, Path(folder))
     return (high - low) / max(1, high_delivered - low_delivered)
