@@ -229,3 +229,14 @@ def test_connection_lost_is_closed_without_a_close_frame() -> None:
     assert connection.state is State.CLOSED and peer.sent == b"" and peer.events == []
     connection.close(1000)
     assert peer.sent == b""
+
+
+def test_connection_keepalive_without_a_timeout_pings_every_interval() -> None:
+    """ping_timeout 0 (no timeout): a ping every interval, pong or not, and check() never
+    asks to be called again at once."""
+    connection, peer = core(ping_interval=20.0, ping_timeout=0.0)
+    assert connection.check(20.0) == 40.0
+    assert connection.check(30.0) == 40.0
+    assert connection.check(40.0) == 60.0
+    assert peer.take() == encode_frame(Opcode.PING, b"") * 2
+    assert connection.state is State.OPEN

@@ -357,3 +357,31 @@ async def test_handshake_over_tornados_header_limit_is_cut(
     assert await raw_request(http_port, request) == b""
     _, writer = await raw_upgrade(http_port)
     writer.close()
+
+
+@pytest.mark.gen_test
+async def test_transport_is_freed_without_the_collector(
+    ws_url: str, ws_connect: Any, node: Any
+) -> None:
+    """A closed connection leaves no reference cycle: its transport is freed by reference
+    counting alone (the collector is off), not left for a full collection."""
+    import gc
+    import weakref
+
+    client = await ws_connect(f"{ws_url}/echo")
+    await client.write_message("x")
+    await recv(client)
+    (handler,) = node.connections
+    transport = weakref.ref(handler.ws_connection)
+    del handler
+    gc.disable()
+    try:
+        client.close()
+        for _ in range(100):
+            if not node.connections:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
+        assert transport() is None
+    finally:
+        gc.enable()

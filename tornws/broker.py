@@ -273,10 +273,12 @@ class MemoryBroker(Broker):
         if not self._empty:
             return
         horizon = self._clock() - self.history_age
-        for room, emptied_at in list(self._empty.items()):
-            if emptied_at > horizon:
+        empty = self._empty
+        while empty:  # oldest first: stop at the first that has not expired
+            room = next(iter(empty))
+            if empty[room] > horizon:
                 break
-            del self._empty[room]
+            del empty[room]
             del self._rooms[room]
 
     def publish(self, room: str, payload: object, *, keep: bool = True) -> None:

@@ -286,7 +286,12 @@ class LiveClient:
         self.reconnects = 0
         self._connection: tornado.websocket.WebSocketClientConnection | None = None
         self._ids = 0
-        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        # id -> (its future, what to do with its result as it arrives, before anything
+        # that follows it is handled)
+        self._waiting: dict[
+            int,
+            tuple[asyncio.Future[dict[str, Any]], Callable[[dict[str, Any]], None] | None],
+        ] = {}
         #: channel → [epoch, offset] of the last publication seen (or its subscribe result).
         self._positions: dict[str, list[Any]] = {}
         self._presence: dict[str, bool] = {}
@@ -315,10 +320,12 @@ class LiveClient:
         fields: dict[str, Any] = {"channel": channel}
         if presence:
             fields["presence"] = True
-        result = await self._command("subscribe", fields)
-        self._positions[channel] = [result["epoch"], result["offset"]]
-        self._presence[channel] = presence
-        return result
+
+        def answered(result: dict[str, Any]) -> None:  # (before the pushes after it)
+            self._positions[channel] = [result["epoch"], result["offset"]]
+            self._presence[channel] = presence
+
+        return await self._command("subscribe", fields, answered)
 
     async def unsubscribe(self, channel: str) -> None:
         await self._command("unsubscribe", {"channel": channel})
@@ -343,7 +350,12 @@ class LiveClient:
     async def __anext__(self) -> dict[str, Any]:
         return await self.receive()
 
-    async def _command(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+    async def _command(
+        self,
+        kind: str,
+        fields: dict[str, Any],
+        answered: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         from .live import CommandError
 
         connection = self._connection
@@ -352,7 +364,7 @@ class LiveClient:
         self._ids += 1
         ident = self._ids
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[ident] = future
+        self._waiting[ident] = (future, answered)
         try:
             await connection.write_message(json.dumps({"id": ident, "type": kind, **fields}))
         except tornado.websocket.WebSocketClosedError:
@@ -368,7 +380,9 @@ class LiveClient:
     def _handle(self, message: str | bytes) -> None:
         body = json.loads(message)
         if "id" in body:
-            future = self._waiting.pop(body["id"], None)
+            future, answered = self._waiting.pop(body["id"], (None, None))
+            if answered is not None and "result" in body:
+                answered(body["result"])
             if future is not None and not future.done():
                 future.set_result(body)
             return
@@ -391,7 +405,7 @@ class LiveClient:
             if message is not None:
                 self._handle(message)
                 continue
-            for future in self._waiting.values():
+            for future, _ in self._waiting.values():
                 if not future.done():
                     future.set_exception(ConnectionError("the connection dropped"))
             self._waiting.clear()
@@ -426,10 +440,15 @@ class LiveClient:
             if self._presence.get(channel):
                 fields["presence"] = True
             try:
-                result = await self._command("subscribe", fields)
+                await self._command("subscribe", fields, self._resumed(channel))
             except (CommandError, ConnectionError) as exc:
                 log.warning("could not resubscribe to %r: %s", channel, exc)
-                continue
+
+    def _resumed(self, channel: str) -> Callable[[dict[str, Any]], None]:
+        """What a resubscribe's result does, as it arrives (before the pushes after it):
+        the missed publications first; or, not recovered, a new position and ``on_gap``."""
+
+        def answered(result: dict[str, Any]) -> None:
             for pub in result.get("publications", ()):
                 self._saw(pub)
             if not result.get("recovered"):
@@ -438,6 +457,8 @@ class LiveClient:
                     self.on_gap(channel)
                 else:
                     log.warning("channel %r: publications may be missing", channel)
+
+        return answered
 
 
 async def run_live(

@@ -280,7 +280,9 @@ class Connection:
         interval = self.ping_interval
         if interval > 0:
             sent_at = self._ping_sent_at
-            if sent_at is None and now >= self._last_ping + interval:
+            # A new ping once the interval is over, unless one awaits its pong against a
+            # timeout (with no timeout, pings go on every interval, pong or not).
+            if now >= self._last_ping + interval and (sent_at is None or self.ping_timeout <= 0):
                 sent_at = self._ping_sent_at = self._last_ping = now
                 self._delegate.send_frame(encode_frame(Opcode.PING, b""))
             if sent_at is not None and self.ping_timeout > 0:
@@ -294,6 +296,13 @@ class Connection:
                 next_check = self._last_ping + interval
             due = next_check if due is None else min(due, next_check)
         return due
+
+    def detach(self) -> None:
+        """``CLOSED`` for good: forget the delegate (and the reader its core), so that a
+        finished connection is freed by reference counting, not left to the collector."""
+        self.state = _CLOSED
+        self._delegate = _DETACHED
+        self.reader.delegate = _DETACHED
 
     # Helpers
 
@@ -312,3 +321,29 @@ class Connection:
     def _closed(self) -> None:
         self.state = _CLOSED
         self._delegate.on_closed()
+
+
+class _Detached:
+    """The delegate of a finished connection: takes everything, does nothing."""
+
+    def send_frame(self, frame: bytes, /) -> None: ...
+
+    def on_message(self, data: Data, /) -> None: ...
+
+    def on_data(self, message: Data, /) -> None: ...
+
+    def on_ping(self, payload: bytes, /) -> None: ...
+
+    def on_pong(self, payload: bytes, /) -> None: ...
+
+    def on_close_frame(self, code: int | None, reason: str, /) -> None: ...
+
+    def on_closing(self) -> None: ...
+
+    def on_closed(self) -> None: ...
+
+    def describe(self) -> str:
+        return "(finished connection)"
+
+
+_DETACHED = _Detached()

@@ -248,7 +248,8 @@ class _Announcer:
     they happened."""
 
     def __init__(self, registry: Registry) -> None:
-        self.registry = registry
+        # (Weakly: it is the value of a WeakKeyDictionary keyed by that registry.)
+        self._registry = weakref.ref(registry)
         self._pending: dict[str, list[tuple[str, Any]]] = {}
         self._last: dict[str, float] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -268,7 +269,10 @@ class _Announcer:
         if len(self._last) > 10_000:  # forget quiet channels
             self._last = {c: t for c, t in self._last.items() if t > now - PRESENCE_INTERVAL}
         room = _PRESENCE_ROOM + channel
-        publish = self.registry.broker.publish
+        registry = self._registry()
+        if registry is None:
+            return
+        publish = registry.broker.publish
         run: list[Any] = []
         for index, (kind, member) in enumerate(changes):
             run.append(member)
@@ -425,16 +429,18 @@ class LiveHandler(WebSocketHandler):
         try:
             epoch, offset = await broker.position(room)
         except BrokerUnavailableError as exc:
-            self._reply(ident, error=("unavailable", str(exc)))
-            self._drop(subscription.channel, announce=False)
+            if self._holds(subscription):
+                self._reply(ident, error=("unavailable", str(exc)))
+                self._drop(subscription.channel)  # (its join was announced: so is its leave)
             return
         missed = None
         if since is not None:
             missed = await broker.recover(room, *since)
-        if self.ws_connection is None or self._subscriptions is None:
-            return
-        if self._subscriptions.get(subscription.channel, (None,))[0] is not subscription:
-            return  # unsubscribed (or closed) meanwhile
+        if self.ws_connection is None or not self._holds(subscription):
+            return  # closed, or unsubscribed, meanwhile
+        # Publications up to `sent` go with the reply (or came before the subscription);
+        # the ones held since it joined that are newer are sent right after it.
+        sent = offset
         body = f'"epoch":{_dumps(epoch)},"offset":{offset}'
         if since is not None:
             if missed is None or (missed and missed[0].epoch != epoch):
@@ -444,10 +450,16 @@ class LiveHandler(WebSocketHandler):
                     m.payload.decode() for m in (e.encode(PUB) for e in missed) if m is not None
                 ]
                 body += ',"recovered":true,"publications":[' + ",".join(texts) + "]"
-                if missed:
-                    offset = max(offset, missed[-1].offset)
+                # (A broker may replay less than its latest offset: what its reader has
+                # delivered here so far. The rest is held, and follows the reply.)
+                sent = missed[-1].offset if missed else since[1]
         self.send(Message(f'{{"id":{ident},"result":{{{body}}}}}'))
-        subscription.answered(epoch, offset)
+        subscription.answered(epoch, sent)
+
+    def _holds(self, subscription: Subscription) -> bool:
+        """Whether ``subscription`` is still this connection's (not unsubscribed or closed)."""
+        entry = (self._subscriptions or {}).get(subscription.channel)
+        return entry is not None and entry[0] is subscription
 
     def _unsubscribe(self, ident: int, command: dict[str, Any]) -> None:
         channel = self._channel(command, None)

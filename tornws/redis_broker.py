@@ -159,6 +159,7 @@ class RedisBroker(Broker):
         self._wake_reader = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._up = False
+        self._closed = False
         self._errors: tuple[type[BaseException], ...] = (OSError,)
         self._backoff = 0.1
 
@@ -195,6 +196,9 @@ class RedisBroker(Broker):
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2.0)
         self._tasks = []
+        self._closed = True
+        self._fail(self._outbox, "the broker is closed")
+        self._outbox = []
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -225,6 +229,8 @@ class RedisBroker(Broker):
         self._wake_publisher.set()
 
     async def publish_numbered(self, room: str, payload: object) -> tuple[str, int]:
+        if self._closed:
+            raise BrokerUnavailableError("the broker is closed")
         future: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
         self._outbox.append((room, payload, True, future))
         self._wake_publisher.set()
@@ -248,27 +254,47 @@ class RedisBroker(Broker):
             batch, self._outbox = self._outbox, []
             if not batch:
                 continue
-            for attempt in (1, 2):  # a second time on a fresh connection (Redis restarted?)
-                try:
-                    async with self._redis.pipeline(transaction=False) as pipe:
-                        for room, payload, keep, _ in batch:
-                            keys = [self._key(room, k) for k in ("stream", "epoch", "n")]
-                            args = [
-                                encode_payload(payload),
-                                os.urandom(4).hex(),
-                                maxlen,
-                                ttl,
-                                "1" if keep else "0",
-                            ]
-                            await self._script(keys=keys, args=args, client=pipe)
-                        results = await pipe.execute()
-                    for (_, _, _, future), (epoch, offset) in zip(batch, results):
-                        if future is not None and not future.done():
-                            future.set_result((str(epoch), int(offset)))
-                    break
-                except self._errors as exc:
-                    if attempt == 2:
-                        self._local(batch, exc)
+            try:
+                await self._send(batch, maxlen, ttl)
+            except asyncio.CancelledError:
+                self._fail(batch, "the broker is closing")
+                raise
+            except Exception as exc:  # not Redis's: e.g. a payload it cannot encode
+                log.exception("publishing %d message(s) failed", len(batch))
+                self._fail(batch, f"cannot publish: {exc}")
+
+    @staticmethod
+    def _fail(batch: list[tuple[str, object, bool, Any]], why: str) -> None:
+        """Fail the numbering futures of ``batch`` that are still waiting."""
+        for _, _, _, future in batch:
+            if future is not None and not future.done():
+                future.set_exception(BrokerUnavailableError(why))
+
+    async def _send(
+        self, batch: list[tuple[str, object, bool, Any]], maxlen: str, ttl: str
+    ) -> None:
+        """One pipeline of publish scripts for ``batch`` (retried once on a new connection)."""
+        for attempt in (1, 2):  # a second time on a fresh connection (Redis restarted?)
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for room, payload, keep, _ in batch:
+                        keys = [self._key(room, k) for k in ("stream", "epoch", "n")]
+                        args = [
+                            encode_payload(payload),
+                            os.urandom(4).hex(),
+                            maxlen,
+                            ttl,
+                            "1" if keep else "0",
+                        ]
+                        await self._script(keys=keys, args=args, client=pipe)
+                    results = await pipe.execute()
+                for (_, _, _, future), (epoch, offset) in zip(batch, results):
+                    if future is not None and not future.done():
+                        future.set_result((str(epoch), int(offset)))
+                break
+            except self._errors as exc:
+                if attempt == 2:
+                    self._local(batch, exc)
 
     def _local(self, batch: list[tuple[str, object, Any, Any]], exc: BaseException) -> None:
         self.failures += len(batch)

@@ -889,6 +889,8 @@ class Transport(tornado.websocket.WebSocketProtocol):
         self._held_size = 0
         core = self._core
         code, reason = (core.close_code, core.close_reason) if core is not None else (None, None)
+        if core is not None:
+            core.detach()  # no transport <-> core <-> reader cycle left for the collector
         self.handler.on_ws_connection_close(code, reason)
 
     def set_nodelay(self, x: bool) -> None:
