@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from ._settings import kept
 from .stats import Stats
 
 __all__ = ["Closable", "Node"]
@@ -40,16 +41,7 @@ class Node:
     @classmethod
     def for_application(cls, application: Any) -> Node:
         """The node of ``application``: created on first use, kept in its settings."""
-        settings: dict[str, Any] = application.settings
-        node = settings.get(SETTINGS_KEY)
-        if node is None:
-            node = settings[SETTINGS_KEY] = cls()
-        elif not isinstance(node, Node):
-            raise TypeError(
-                f"application.settings[{SETTINGS_KEY!r}] is a {type(node).__name__}, "
-                "not a tornws Node"
-            )
-        return node
+        return kept(application, SETTINGS_KEY, cls)
 
     def opened(self, connection: Closable, ip: str) -> None:
         """Count ``connection`` (from client address ``ip``) as open."""

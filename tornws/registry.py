@@ -34,6 +34,7 @@ import logging
 import time
 from typing import Any, NamedTuple, Protocol
 
+from ._settings import kept
 from .broker import Broker, Codec, Envelope, MemoryBroker
 from .frames import Message
 from .stats import Histogram
@@ -172,16 +173,7 @@ class Registry:
         ``registry=`` to :func:`tornws.add_routes` or to a handler's
         ``initialize`` to use another one.
         """
-        settings: dict[str, Any] = application.settings
-        registry = settings.get(SETTINGS_KEY)
-        if registry is None:
-            registry = settings[SETTINGS_KEY] = cls()
-        elif not isinstance(registry, Registry):
-            raise TypeError(
-                f"application.settings[{SETTINGS_KEY!r}] is a {type(registry).__name__}, "
-                "not a tornws Registry"
-            )
-        return registry
+        return kept(application, SETTINGS_KEY, cls)
 
     # Membership
 
