@@ -4,7 +4,8 @@ opens the WebSocket with it (the browser WebSocket API cannot send headers).
 python examples/tickets.py [PORT]
 # log in at http://127.0.0.1:8765/login?name=ann, POST /ticket, then connect to
 # ws://127.0.0.1:8765/chat/lobby?ticket=<ticket> within 30 seconds, once.
-# Only ann may enter the room "staff".
+# Only ann may enter the room "staff", or use the /live channel "staff".
+# /live (subprotocol tornws.v1) takes the same tickets: ws://…/live?ticket=<ticket>.
 """
 
 import asyncio
@@ -34,6 +35,11 @@ def staff_only(user, room):
     return room != "staff" or user == "ann"
 
 
+def staff_channel(user, channel, action):
+    """/live: every action on every channel, but "staff" is ann's alone."""
+    return staff_only(user, channel) and tornws.allow_public(user, channel, action)
+
+
 def make_app():
     tickets = Tickets(SECRET)  # 30 s, single use
     chat = {"tickets": tickets, "room_authorizer": staff_only}
@@ -46,6 +52,7 @@ def make_app():
                 {"tickets": tickets, "user_loader": BaseHandler.get_current_user},
             ),
             (r"/chat/([A-Za-z0-9_.~-]{1,64})", tornws.ChatHandler, chat),
+            (r"/live", tornws.LiveHandler, {"tickets": tickets, "authorizer": staff_channel}),
         ],
         cookie_secret=SECRET,
         log_function=log_request,  # tickets never reach the access log

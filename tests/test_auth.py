@@ -191,3 +191,40 @@ class TestExpiryAndRequiredUser:
         await connection.write_message("in")
         assert await refusal(f"{ws_url}/signed-in") == (401, "authentication required")
         await closed(connection, node)
+
+
+@pytest.mark.gen_test
+async def test_live_takes_tickets_and_authorizes_per_channel(
+    http_url: str, ws_url: str, ws_connect: Any, node: tornws.Node
+) -> None:
+    """/live with tickets (examples/tickets.py): no ticket or a used one is 401 before the
+    upgrade; the ticket's user is the connection's, shown in presence; the authorizer
+    answers ``forbidden`` on the channel it keeps for ann, and the connection goes on."""
+
+    async def command(connection: Any, ident: int, kind: str, **fields: Any) -> Any:
+        await connection.write_message(json.dumps({"id": ident, "type": kind, **fields}))
+        while True:
+            reply = await recv_json(connection)
+            if reply.get("id") == ident:
+                return reply
+
+    assert await refusal(f"{ws_url}/live") == (401, "ticket required")
+    bob_ticket = json.loads((await mint(http_url, await login(http_url, "bob"))).body)["ticket"]
+    bob = await ws_connect(f"{ws_url}/live?ticket={bob_ticket}", subprotocols=["tornws.v1"])
+    assert await refusal(f"{ws_url}/live?ticket={bob_ticket}") == (401, "ticket already used")
+    refused = await command(bob, 1, "subscribe", channel="staff")
+    assert refused["error"]["code"] == "forbidden"
+    assert (await command(bob, 2, "publish", channel="staff", data=1))["error"][
+        "code"
+    ] == "forbidden"
+    assert "result" in await command(bob, 3, "subscribe", channel="lobby")
+
+    ann_ticket = json.loads((await mint(http_url, await login(http_url, "ann"))).body)["ticket"]
+    ann = await ws_connect(f"{ws_url}/live?ticket={ann_ticket}", subprotocols=["tornws.v1"])
+    assert "result" in await command(ann, 1, "subscribe", channel="staff")
+    assert "result" in await command(ann, 2, "subscribe", channel="lobby")
+    presence = (await command(bob, 4, "presence", channel="lobby"))["result"]
+    assert sorted(m["user"] for m in presence["members"]) == ["ann", "bob"]
+    assert node.stats.rejections == {"ticket": 2}
+    bob.close()
+    await closed(ann, node)

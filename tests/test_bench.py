@@ -72,10 +72,10 @@ def test_bench_quick_checks_every_server(quick: tuple[str, str, dict, Path]) -> 
 def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> None:  # type: ignore[type-arg]
     """Every workload produced units, server CPU and (but memory) latencies for every subject
     of its kind: the deflate lines on the --deflate subjects, the chat lines on tornws and
-    the asyncio version, the others on the rest."""
+    the asyncio version, the /live lines on tornws, the others on the rest."""
     _, stderr, data, _ = quick
     names = [w["name"] for w in data["workloads"]]
-    assert len(names) == 18
+    assert len(names) == 22
     fanout = [name for name in names if name.startswith("broadcast ")]
     assert fanout == [
         "broadcast 100 paced",
@@ -97,7 +97,9 @@ def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> 
         "chat.json 100 paced",
         "chat.json 100 burst",
     ]
-    plain = [name for name in names if name not in deflate and name not in chat]
+    live = [name for name in names if name.startswith("live")]
+    assert live == ["live memory ×100×10", "live 100 paced", "live 100 burst", "live fill 200"]
+    plain = [name for name in names if name not in deflate + chat + live]
     for subject_name, subject in data["subjects"].items():
         if subject_name.endswith(("+deflate", "+shared")):
             mine = deflate
@@ -105,13 +107,15 @@ def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> 
             mine = fanout
         elif subject_name == "raw-tornado":  # no chat
             mine = plain
-        else:
+        elif subject_name == "asyncio":  # no /live
             mine = plain + chat
+        else:
+            mine = plain + chat + live
         assert sorted(subject["results"]) == sorted(mine), subject_name
         for name in mine:
             result = subject["results"][name]
             assert result["units"] > 0
-            if result["unit"] == "connection":
+            if result["unit"] in ("connection", "subscription"):  # memory: KiB per unit
                 assert result["kib_per_connection"] > 0
             else:
                 assert result["server_cpu_s"] > 0 and result["cpu_us_per_unit"] > 0
@@ -121,9 +125,16 @@ def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> 
         data["subjects"]["asyncio+deflate"]["results"][deflate[1]]["ratio_to_asyncio"], 1
     )
     assert set(data["chat_to_broadcast"]) == {"tornws", "asyncio"}
-    assert set(data["chat_to_broadcast"]["tornws"]) == set(chat)
+    assert set(data["chat_to_broadcast"]["tornws"]) == {*chat, "live 100 paced", "live 100 burst"}
+    assert set(data["chat_to_broadcast"]["asyncio"]) == set(chat)
+    # The fill line: 200 subscribers in one channel, in that many seconds.
+    fill = data["subjects"]["tornws"]["results"]["live fill 200"]
+    assert fill["units"] == 200
+    assert data["fill_seconds"] == {
+        "tornws": {"live fill 200": pytest.approx(fill["seconds"], abs=0.01)}
+    }
     # One progress line per workload, and one for --allocations.
-    assert stderr.count("] tornws: ") == 15 + 1
+    assert stderr.count("] tornws: ") == 19 + 1
     assert stderr.count("] floor: ") == 5 + 1
     assert stderr.count("] tornws+shared: ") == 3 + 1
 
@@ -190,6 +201,8 @@ def test_bench_full_plan_matches_the_issue() -> None:
     assert full.deflate == 0 and plan(quick=False, deflate=True).deflate == 1000
     assert full.rounds == 3 and plan(quick=True).rounds == 1  # broadcast lines: median of 3
     assert full.chat_sizes == ((1000, 200),)  # chat rooms beside /broadcast to 1000
+    # /live: 1000 connections × 10 subscriptions over 10 channels; a channel of 10,000.
+    assert full.live == (1000, 200) and full.live_fill == 10_000
 
 
 def test_bench_workloads_that_match_nothing_is_an_error() -> None:
@@ -284,8 +297,9 @@ async def test_cluster_subject_broadcasts_across_two_processes() -> None:
 
 def test_bench_counts_instructions_per_delivery(tmp_path: Path) -> None:
     """--instructions: callgrind's user-space instructions per paced delivery for tornws
-    and the floor, at each receiver count, with their spread; tornws does more per
-    delivery than a bare send loop, and both do hundreds, not millions."""
+    and the floor, at each receiver count, with their spread, and tornws's chat rooms
+    and /live channels at the first; tornws does more per delivery than a bare send
+    loop, and all do hundreds, not millions."""
     import shutil
 
     if shutil.which("valgrind") is None:
@@ -304,9 +318,10 @@ def test_bench_counts_instructions_per_delivery(tmp_path: Path) -> None:
     counts = json.loads(out.read_text())["instructions"]
     assert counts["receivers"] == [100, 200]
     figures = counts["per_delivery"]
-    assert set(figures) == {"tornws", "floor"}
-    for subject in figures.values():
-        assert set(subject) == {"100", "200"}
+    routes = {"tornws chat", "tornws chat.json", "tornws live"}
+    assert set(figures) == {"tornws", "floor", *routes}
+    for name, subject in figures.items():
+        assert set(subject) == ({"100"} if name in routes else {"100", "200"})
         assert all(100 < value < 100_000 for value in subject.values()), figures
     assert figures["tornws"]["200"] > figures["floor"]["200"]
     assert "user-space instructions per delivery (callgrind" in result.stdout

@@ -297,3 +297,85 @@ async def test_an_unkept_message_is_delivered_but_ends_what_can_be_resumed(redis
         assert await broker.recover("k", epoch, seen[0].offset) is None
     finally:
         await broker.close()
+
+
+class Live:
+    """A /live client that keeps the pushes arriving while it waits for a reply."""
+
+    def __init__(self, socket: Any) -> None:
+        self.socket = socket
+        self.pushes: list[dict[str, Any]] = []
+
+    async def command(self, ident: int, kind: str, **fields: Any) -> dict[str, Any]:
+        await self.socket.send(json.dumps({"id": ident, "type": kind, **fields}))
+        while True:
+            event = json.loads(await asyncio.wait_for(self.socket.recv(), 5))
+            if event.get("id") == ident:
+                assert "result" in event, event
+                return event["result"]  # type: ignore[no-any-return]
+            self.pushes.append(event)
+
+    async def pubs(self, count: int) -> list[dict[str, Any]]:
+        """The first ``count`` publications pushed (waiting for the rest)."""
+        while sum(p["type"] == "pub" for p in self.pushes) < count:
+            self.pushes.append(json.loads(await asyncio.wait_for(self.socket.recv(), 5)))
+        pubs = [p for p in self.pushes if p["type"] == "pub"]
+        self.pushes = []
+        return pubs[:count]
+
+    async def close(self) -> None:
+        await self.socket.close()
+
+
+async def live(server: Server) -> Live:
+    socket = await websockets.asyncio.client.connect(
+        f"{server.url}/live",
+        subprotocols=["tornws.v1"],  # type: ignore[list-item]
+    )
+    return Live(socket)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_live_channels_span_processes_and_resume_on_another(
+    pair: tuple[Server, Server],
+) -> None:
+    """/live on two processes: publications from either are numbered in one sequence and
+    reach subscribers on both; a subscriber that left and comes back on the other
+    process gets exactly what it missed, then what follows."""
+    a, b = pair
+    ann, bob = await live(a), await live(b)
+    first = await ann.command(1, "subscribe", channel="news")
+    await bob.command(1, "subscribe", channel="news")
+    epoch = first["epoch"]
+    offsets = []
+    for i, (sender, ident) in enumerate(((ann, 2), (bob, 2), (ann, 3), (bob, 3))):
+        offsets.append((await sender.command(ident, "publish", channel="news", data=i))["offset"])
+    assert offsets == list(range(first["offset"] + 1, first["offset"] + 5))
+    for client in (ann, bob):  # every publication, from both processes, in one order
+        assert [(p["epoch"], p["offset"], p["data"]) for p in await client.pubs(4)] == [
+            (epoch, offset, i) for i, offset in enumerate(offsets)
+        ]
+    await ann.close()
+    # Missed while away: published on b, where ann will come back.
+    for i in range(3):
+        await bob.command(10 + i, "publish", channel="news", data=f"missed {i}")
+    back = await live(b)
+    since = f"{epoch}:{offsets[-1]}"
+    resumed = await back.command(1, "subscribe", channel="news", since=since)
+    assert resumed["recovered"] is True
+    assert [(p["offset"], p["data"]) for p in resumed["publications"]] == [
+        (offsets[-1] + 1 + i, f"missed {i}") for i in range(3)
+    ]
+    assert resumed["offset"] == offsets[-1] + 3
+    # Live again: a publication from the other process, and nothing twice.
+    carol = await live(a)
+    await carol.command(1, "publish", channel="news", data="after")
+    (push,) = await back.pubs(1)
+    assert (push["offset"], push["data"]) == (offsets[-1] + 4, "after")
+    assert carol.pushes == []  # not subscribed: no push
+    # An epoch Redis never gave: recovered false, no publications.
+    stranger = await live(a)
+    result = await stranger.command(1, "subscribe", channel="news", since="00000000:1")
+    assert result["recovered"] is False and "publications" not in result
+    for client in (bob, back, carol, stranger):
+        await client.close()

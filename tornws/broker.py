@@ -167,6 +167,11 @@ class Broker(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} does not number publications")
 
+    def publish_numbered_now(self, room: str, payload: object) -> tuple[str, int] | None:
+        """:meth:`publish_numbered` without waiting, for a broker that numbers in this
+        process (the memory broker); ``None`` (nothing published): call that instead."""
+        return None
+
     async def position(self, room: str) -> tuple[str, int]:
         """``room``'s epoch and its latest offset (0: nothing published in this epoch)."""
         raise NotImplementedError(f"{type(self).__name__} does not keep positions")
@@ -285,6 +290,9 @@ class MemoryBroker(Broker):
         self._stamp(room, payload, keep)
 
     async def publish_numbered(self, room: str, payload: object) -> tuple[str, int]:
+        return self.publish_numbered_now(room, payload)
+
+    def publish_numbered_now(self, room: str, payload: object) -> tuple[str, int]:
         envelope = self._stamp(room, payload, True, create=True)
         assert envelope is not None
         return envelope.epoch, envelope.offset

@@ -468,18 +468,22 @@ class LiveHandler(WebSocketHandler):
         self._drop(channel)
         self._reply(ident, result={})
 
-    def _publish(self, ident: int, command: dict[str, Any]) -> Awaitable[None]:
+    def _publish(self, ident: int, command: dict[str, Any]) -> Awaitable[None] | None:
         channel = self._channel(command, "publish")
         if "data" not in command:
             raise CommandError("bad_request", 'publish needs "data" (any JSON)')
         publication = Publication(_dumps(command["data"]), self.connection_id)
-        return self._answer_publish(ident, channel, publication)
+        room = channel_room(channel)
+        numbered = self.registry.broker.publish_numbered_now(room, publication)
+        if numbered is None:
+            return self._answer_publish(ident, room, publication)
+        # (At once: a burst of publications read together is one write per receiver.)
+        self._reply(ident, result={"epoch": numbered[0], "offset": numbered[1]})
+        return None
 
-    async def _answer_publish(self, ident: int, channel: str, publication: Publication) -> None:
+    async def _answer_publish(self, ident: int, room: str, publication: Publication) -> None:
         try:
-            epoch, offset = await self.registry.broker.publish_numbered(
-                channel_room(channel), publication
-            )
+            epoch, offset = await self.registry.broker.publish_numbered(room, publication)
         except BrokerUnavailableError as exc:
             self._reply(ident, error=("unavailable", str(exc)))
             return

@@ -46,6 +46,9 @@ class Workload:
     baseline: str = "asyncio"
     #: The fan-out route its receivers use (:data:`tornws.bench.load.ROUTES`).
     route: str = "broadcast"
+    #: Run on a freshly started server (a memory line: a heap that other workloads
+    #: grew and freed would absorb what it measures). Not for ``--url`` subjects.
+    fresh: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,11 @@ class Plan:
     rounds: int = 1
     #: (members, messages) of the chat lines: one room, plain text and chat.json.
     chat_sizes: tuple[tuple[int, int], ...] = ()
+    #: /live: (connections, messages) of the channel lines (each connection holds
+    #: :data:`tornws.bench.load.LIVE_CHANNELS` subscriptions), and the subscribers
+    #: of the fill line.
+    live: tuple[int, int] = (0, 0)
+    live_fill: int = 0
 
 
 def plan(quick: bool, scale: bool = False, deflate: bool = False) -> Plan:
@@ -75,11 +83,12 @@ def plan(quick: bool, scale: bool = False, deflate: bool = False) -> Plan:
     if quick:
         return Plan(
             True, 0.3, (100, 200), (10, 10), 100, 200, 500 if scale else 0, 100 if deflate else 0,
-            chat_sizes=((100, 10),),
+            chat_sizes=((100, 10),), live=(100, 10), live_fill=200,
         )  # fmt: skip
     return Plan(
         False, 4.0, (1000, 5000), (200, 50), 2000, 5000, 10_000 if scale else 0,
-        1000 if deflate else 0, rounds=3, chat_sizes=((1000, 200),),
+        1000 if deflate else 0, rounds=3, chat_sizes=((1000, 200),), live=(1000, 200),
+        live_fill=10_000,
     )  # fmt: skip
 
 
@@ -103,6 +112,18 @@ def _workloads(p: Plan) -> list[Workload]:
             return await median(lambda: fanout.run(messages, paced))
 
         return run
+
+    def live(paced: bool) -> Workload:
+        """A channel line: ``p.live`` connections on /live, 10 subscriptions each."""
+        connections, messages = p.live
+        how = "paced" if paced else "burst"
+        return Workload(
+            f"live {connections} {how}",
+            "delivery",
+            grow(connections, messages, paced),
+            "live",
+            route="live",
+        )
 
     def chat(receivers: int, messages: int, paced: bool) -> Callable[..., Any]:
         async def run(server: Any, fanout: load.Fanout) -> load.Measurement:
@@ -176,6 +197,27 @@ def _workloads(p: Plan) -> list[Workload]:
             for route in ("chat", "chat.json")
             for paced in (True, False)
         ),
+        *(
+            [
+                Workload(
+                    f"live memory ×{p.live[0]}×{load.LIVE_CHANNELS}",
+                    "KiB/sub",
+                    lambda server, fanout: load.live_memory(server, p.live[0]),
+                    "live",
+                    fresh=True,
+                ),
+                live(True),
+                live(False),
+                Workload(
+                    f"live fill {p.live_fill}",
+                    "subscriber",
+                    lambda server, fanout: load.live_fill(server, p.live_fill),
+                    "live",
+                ),
+            ]
+            if p.live[0]
+            else []
+        ),
         Workload(
             f"handshake ×{p.handshakes}",
             "handshake",
@@ -239,6 +281,11 @@ async def _run_subject(
                 if workload.group not in groups if groups else workload.group == "deflate":
                     continue
                 progress(f"{subject.name}: {workload.name}")
+                if workload.fresh and running.process is not None and results["results"]:
+                    await fanout.close()
+                    fanout = load.Fanout(running)  # (none open: a new one follows)
+                    running.stop()
+                    running = subject.start(cpus[0])
                 if fanout.clients and (
                     workload.group not in ("fanout", "deflate", "chat")
                     or workload.route != fanout.route
@@ -274,7 +321,7 @@ async def run(
 
     limit = raise_open_files_limit()
     p = plan(quick, scale, deflate)
-    needed = max(*p.broadcast_sizes, p.scale) + 64
+    needed = max(*p.broadcast_sizes, p.scale, p.live_fill) + 64
     if limit < needed:
         raise ConfigError(f"the open-files hard limit is {limit}; the bench needs {needed}")
     cpus = _cpus()
@@ -336,6 +383,13 @@ async def _counts(
                 await per_delivery(subject, receivers, few, many, counter), 2
             )
         counts["per_delivery"][subject.name] = figures
+        if counter == "instructions" and subject.name == "tornws":
+            # The other fan-out routes beside /broadcast, at the first receiver count:
+            # a chat room (plain text, chat.json) and /live channels.
+            for route in ("chat", "chat.json", "live"):
+                progress(f"{subject.name}: instructions per delivery on {route} to {sizes[0]}")
+                figure = await per_delivery(subject, sizes[0], few, many, counter, route=route)
+                counts["per_delivery"][f"{subject.name} {route}"] = {sizes[0]: round(figure, 2)}
     return counts
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from ..exceptions import TornwsError
+from ..live import LIVE_SUBPROTOCOL
 from .subjects import Running
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "echo",
     "handshakes",
     "idle_memory",
+    "live_fill",
+    "live_memory",
     "open_connections",
 ]
 
@@ -140,7 +143,11 @@ class Client(WSListener):
 
 
 async def open_connections(
-    url: str, count: int, handle: Any = None, concurrency: int = 64
+    url: str,
+    count: int,
+    handle: Any = None,
+    concurrency: int = 64,
+    headers: dict[str, str] | None = None,
 ) -> list[Client]:
     """Open ``count`` connections to ``url``, at most ``concurrency`` handshakes at once."""
     gate = asyncio.Semaphore(concurrency)
@@ -148,7 +155,10 @@ async def open_connections(
     async def one() -> Client:
         async with gate:
             _, client = await asyncio.wait_for(
-                ws_connect(lambda: Client(handle), url, read_buffer_init_size=2048), STUCK
+                ws_connect(
+                    lambda: Client(handle), url, read_buffer_init_size=2048, extra_headers=headers
+                ),
+                STUCK,
             )
             assert isinstance(client, Client)
             return client
@@ -233,9 +243,13 @@ class FanoutClient(WSListener):
         self.count = 0
         self.warm = False
         self.inflater: Any = None  # permessage-deflate, only to verify
+        self.replies = 0  # /live: subscribe results received
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        if self.fanout.route == "live":
+            for command in _subscribes(LIVE_CHANNELS):
+                transport.send(WSMsgType.TEXT, command)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
@@ -253,6 +267,19 @@ class FanoutClient(WSListener):
                 if self.inflater is None:
                     self.inflater = zlib.decompressobj(-15)
                 payload = self.inflater.decompress(payload + b"\x00\x00\xff\xff")
+        if fanout.route == "live" and not fanout.measuring:
+            # Registered once every subscribe has its result (warm-up publications and
+            # their pushes are only waited out).
+            fanout.last_received = time.perf_counter()
+            payload = frame.get_payload_as_bytes()
+            if payload.startswith(b'{"id"'):
+                if b'"error"' in payload:
+                    fanout.error = f"live: subscribe refused: {payload.decode()}"
+                self.replies += 1
+                if self.replies == LIVE_CHANNELS:
+                    self.warm = True
+                    fanout.warm += 1
+            return
         # A warm-up ("w", a few bytes compressed) proves the receiver is registered; one
         # arriving late, after measuring began (a slow server), is not a measured message.
         if not fanout.measuring or frame.payload_size < 8:
@@ -276,8 +303,24 @@ class FanoutClient(WSListener):
                 fanout.reached.set()
 
 
-#: The fan-out routes: /broadcast, and one chat room in plain text or in chat.json.
-ROUTES = ("broadcast", "chat", "chat.json")
+#: The fan-out routes: /broadcast, one chat room in plain text or in chat.json, and
+#: /live channels.
+ROUTES = ("broadcast", "chat", "chat.json", "live")
+
+#: /live: the channels every receiver subscribes to, and their names.
+LIVE_CHANNELS = 10
+LIVE_CHANNEL = "bench.{}"
+
+
+def _subscribes(channels: int, first: int = 0, presence: bool = False) -> list[bytes]:
+    """The ``subscribe`` commands of a /live receiver: channels ``first`` ... ``first +
+    channels - 1`` (ids 1, 2, ...)."""
+    extra = ', "presence": true' if presence else ""
+    return [
+        f'{{"id": {i + 1}, "type": "subscribe", "channel": "{LIVE_CHANNEL.format(first + i)}"'
+        f"{extra}}}".encode()
+        for i in range(channels)
+    ]
 
 
 class Fanout:
@@ -285,8 +328,11 @@ class Fanout:
 
     ``route``: ``"broadcast"`` (``/broadcast``: everyone, sender included, gets each
     message), ``"chat"`` (one plain-text chat room: everyone but the sender gets
-    ``b0: <line>``) or ``"chat.json"`` (the same room in JSON: everyone, sender
-    included, gets a message event).
+    ``b0: <line>``), ``"chat.json"`` (the same room in JSON: everyone, sender
+    included, gets a message event) or ``"live"`` (``/live``: every receiver
+    subscribes to the :data:`LIVE_CHANNELS` channels; a publisher of its own, not
+    subscribed, publishes message ``i`` to channel ``i % LIVE_CHANNELS``, and each
+    publication reaches every receiver as a ``pub`` push).
 
     ``offer``: a ``Sec-WebSocket-Extensions`` offer each receiver sends (the
     receivers count compressed frames without inflating them, unless ``verify``).
@@ -318,18 +364,29 @@ class Fanout:
         self.last_received = 0.0
         #: Text frames received by all receivers, warm-ups included.
         self.received = 0
+        #: /live: the publisher (not a receiver; its replies are not counted).
+        self.publisher: Client | None = None
 
     async def grow(self, receivers: int) -> None:
         """Have ``receivers`` connections in all, each proven to receive broadcasts."""
         gate = asyncio.Semaphore(64)
         headers = {"Sec-WebSocket-Extensions": self.offer} if self.offer else {}
-        if self.route != "broadcast":
+        if self.route == "live":
+            headers["Sec-WebSocket-Protocol"] = LIVE_SUBPROTOCOL
+        elif self.route != "broadcast":
             headers["Sec-WebSocket-Protocol"] = self.route
         # A cluster (several processes on one broker) spreads its receivers over all.
         urls: list[str] = getattr(self.server, "urls", None) or [self.server.url]
 
         def path(index: int) -> str:
-            return "/broadcast" if self.route == "broadcast" else f"/chat/bench?nick=b{index}"
+            if self.route in ("broadcast", "live"):
+                return f"/{self.route}"
+            return f"/chat/bench?nick=b{index}"
+
+        if self.route == "live" and self.publisher is None:
+            (self.publisher,) = await open_connections(
+                f"{urls[0]}/live", 1, lambda client, kind, frame: None, headers=headers
+            )
 
         async def one(index: int) -> FanoutClient:
             async with gate:
@@ -349,12 +406,16 @@ class Fanout:
         self.clients += await asyncio.gather(*(one(i) for i in range(start, receivers)))
         deadline = time.monotonic() + STUCK
         while self.warm < len(self.clients):
+            if self.error:
+                raise CheckFailed(self.error)
             if time.monotonic() > deadline:
                 raise CheckFailed(f"only {self.warm} of {receivers} receivers registered")
-            sender = self.clients[0].transport
-            assert sender is not None
-            sender.send(WSMsgType.TEXT, self._line(b"w"))
-            await asyncio.sleep(0.25)
+            if self.route != "live":  # (live receivers count their subscribe results)
+                self._sender().send(WSMsgType.TEXT, self._line(b"w"))
+            await asyncio.sleep(0.25 if self.route != "live" else 0.01)
+        if self.route == "live":  # one publication on each channel, end to end
+            for channel in range(LIVE_CHANNELS):
+                self._sender().send(WSMsgType.TEXT, self._line(b"w", channel))
         # Stray warm-ups must not land in the measured window: wait for quiet.
         while time.perf_counter() - self.last_received < 0.3:
             if time.monotonic() > deadline:
@@ -376,9 +437,8 @@ class Fanout:
             payloads = [f"{i:08d}".encode() + _chat_json(i) for i in range(messages)]
         else:
             payloads = [f"{i:08d}".encode().ljust(32, b".") for i in range(messages)]
-        payloads = [self._line(payload) for payload in payloads]
-        sender = self.clients[0].transport
-        assert sender is not None
+        payloads = [self._line(payload, i) for i, payload in enumerate(payloads)]
+        sender = self._sender()
         for client in self.clients:
             client.count = 0
         self.measuring = True
@@ -398,10 +458,20 @@ class Fanout:
         result.latencies = self.latencies
         return result
 
-    def _line(self, payload: bytes) -> bytes:
-        """What the sender sends to publish ``payload`` on this route."""
+    def _sender(self) -> WSTransport:
+        sender = self.publisher if self.route == "live" else self.clients[0]
+        assert sender is not None and sender.transport is not None
+        return sender.transport
+
+    def _line(self, payload: bytes, index: int = 0) -> bytes:
+        """What the sender sends to publish ``payload`` (message ``index``) on this route."""
         if self.route == "chat.json":
             return json.dumps({"type": "message", "text": payload.decode()}).encode()
+        if self.route == "live":
+            channel = LIVE_CHANNEL.format(index % LIVE_CHANNELS)
+            return json.dumps(
+                {"id": index, "type": "publish", "channel": channel, "data": payload.decode()}
+            ).encode()
         return payload
 
     def index_of(self, received: bytes) -> int:
@@ -410,6 +480,8 @@ class Fanout:
             return int(received[4:12])  # "b0: 00000012..."
         if self.route == "chat.json":
             return int(json.loads(received)["text"][:8])
+        if self.route == "live":
+            return int(json.loads(received)["data"][:8])
         return int(received[:8])
 
     async def _reach(self, delivered: int) -> None:
@@ -428,7 +500,7 @@ class Fanout:
             raise CheckFailed(self.error)
 
     async def close(self) -> None:
-        await close_all(self.clients)
+        await close_all([*self.clients, *([self.publisher] if self.publisher else [])])
 
 
 _WORDS = (
@@ -566,3 +638,115 @@ async def check(server: Running) -> list[str]:
     passed.append("broadcast to 3, sender included, types kept")
     await close_all(clients)
     return passed
+
+
+def _live_headers() -> dict[str, str]:
+    return {"Sec-WebSocket-Protocol": LIVE_SUBPROTOCOL}
+
+
+async def live_memory(server: Running, connections: int, settle: float = 1.0) -> Measurement:
+    """RSS growth of the server per subscription: ``connections`` idle /live connections
+    (measured first), then each subscribes to the :data:`LIVE_CHANNELS` channels."""
+    result = Measurement("subscription")
+    results = 0
+    refused: list[bytes] = []
+
+    def handle(client: Client, kind: WSMsgType, frame: WSFrame) -> None:
+        nonlocal results
+        payload = frame.get_payload_as_bytes()
+        if payload.startswith(b'{"id"'):
+            results += 1
+            if b'"error"' in payload:
+                refused.append(payload)
+
+    clients = await open_connections(
+        f"{server.url}/live", connections, handle, headers=_live_headers()
+    )
+    await asyncio.sleep(settle)
+    before = server.rss()
+    for client in clients:
+        for command in _subscribes(LIVE_CHANNELS):
+            client.send(WSMsgType.TEXT, command)
+    wanted = connections * LIVE_CHANNELS
+    await _wait(lambda: results >= wanted or bool(refused), f"{wanted} subscribe results")
+    if refused:
+        raise CheckFailed(f"live: subscribe refused: {refused[0].decode()}")
+    await asyncio.sleep(settle)
+    result.units = wanted
+    result.bytes_per_unit = (server.rss() - before) / wanted
+    await close_all(clients)
+    return result
+
+
+#: The channel :func:`live_fill` fills.
+FILL_CHANNEL = "bench.fill"
+
+
+async def live_fill(server: Running, count: int, concurrency: int = 100) -> Measurement:
+    """Fill one channel with ``count`` subscribers, ``concurrency`` handshakes in flight:
+    each connects to /live and subscribes with ``presence: true`` (so every join is
+    pushed to the subscribers already there, coalesced); a subscriber counts once its
+    result is in. Then one publication must reach all of them. Latencies: connect to
+    subscribe result, per subscriber; ``seconds``: the whole fill."""
+    result = Measurement("subscriber")
+    gate = asyncio.Semaphore(concurrency)
+    command = (
+        f'{{"id": 1, "type": "subscribe", "channel": "{FILL_CHANNEL}", "presence": true}}'
+    ).encode()
+    published = b'{"id": 2, "type": "publish", "channel": "' + FILL_CHANNEL.encode()
+    published += b'", "data": "filled"}'
+    marker = b'"data":"filled"'
+    reached = 0
+    problems: list[bytes] = []
+
+    class Subscriber(Client):
+        def __init__(self) -> None:
+            super().__init__(self.on_text)
+            self.subscribed = asyncio.get_running_loop().create_future()
+
+        def on_ws_connected(self, transport: WSTransport) -> None:
+            super().on_ws_connected(transport)
+            transport.send(WSMsgType.TEXT, command)
+
+        def on_text(self, client: Client, kind: WSMsgType, frame: WSFrame) -> None:
+            nonlocal reached
+            payload = frame.get_payload_as_bytes()
+            if payload.startswith(b'{"id"'):
+                if b'"error"' in payload:
+                    problems.append(payload)
+                if not self.subscribed.done():
+                    self.subscribed.set_result(None)
+            elif marker in payload.replace(b" ", b""):
+                reached += 1
+
+    async def one() -> Client:
+        async with gate:
+            start = time.perf_counter()
+            _, client = await asyncio.wait_for(
+                ws_connect(
+                    Subscriber,
+                    f"{server.url}/live",
+                    read_buffer_init_size=2048,
+                    extra_headers=_live_headers(),
+                ),
+                STUCK,
+            )
+            assert isinstance(client, Subscriber)
+            await asyncio.wait_for(client.subscribed, STUCK)
+            result.latencies.append(time.perf_counter() - start)
+            return client
+
+    window = _Window(server, result)
+    window.start()
+    clients = list(await asyncio.gather(*(one() for _ in range(count))))
+    window.stop()
+    result.units = count
+    if problems:
+        await close_all(clients)
+        raise CheckFailed(f"live fill: subscribe refused: {problems[0].decode()}")
+    clients[0].send(WSMsgType.TEXT, published)
+    try:
+        await _wait(lambda: reached >= count, f"the publication to {count} subscribers")
+    finally:
+        await close_all(clients)
+    return result

@@ -9,6 +9,7 @@ from typing import Any
 __all__ = [
     "baseline",
     "chat_to_broadcast",
+    "fills",
     "growth",
     "jsonable",
     "plot",
@@ -68,13 +69,13 @@ def growth(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return result
 
 
-_CHAT = re.compile(r"(chat|chat\.json) (\d+) (paced|burst)")
+_CHAT = re.compile(r"(chat|chat\.json|live) (\d+) (paced|burst)")
 
 
 def chat_to_broadcast(report: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per subject, each chat line's CPU per delivery over the same subject's
-    ``broadcast`` line with as many receivers, paced or burst alike (same run):
-    what a chat room costs beyond the bare fan-out."""
+    """Per subject, each chat line's (and /live channel line's) CPU per delivery over
+    the same subject's ``broadcast`` line with as many receivers, paced or burst alike
+    (same run): what a chat room or a channel costs beyond the bare fan-out."""
     result: dict[str, dict[str, float]] = {}
     for subject, data in report["subjects"].items():
         results = data["results"]
@@ -88,6 +89,23 @@ def chat_to_broadcast(report: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 def _fmt(value: float, digits: int = 1) -> str:
     return "—" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def _times(ratio: float) -> str:
+    return "—" if math.isnan(ratio) else f"{ratio:.2f}×"
+
+
+_FILL = re.compile(r"live fill (\d+)")
+
+
+def fills(report: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per subject, each ``live fill N`` line's seconds to fill the channel."""
+    result: dict[str, dict[str, float]] = {}
+    for subject, data in report["subjects"].items():
+        for name, m in data["results"].items():
+            if _FILL.fullmatch(name):
+                result.setdefault(subject, {})[name] = round(m.seconds, 2)
+    return result
 
 
 def table(report: dict[str, Any]) -> str:
@@ -126,7 +144,7 @@ def table(report: dict[str, Any]) -> str:
             memory = m.bytes_per_unit is not None
             loadgen = m.loadgen_cpu / m.seconds * 100 if m.seconds else math.nan
             lines.append(
-                f"  {subject:<15} {_fmt(_figure(m)):>9} {_fmt(ratio(report, subject, name), 2):>6}×"
+                f"  {subject:<15} {_fmt(_figure(m)):>9} {_times(ratio(report, subject, name)):>7}"
                 f" {'' if memory else _fmt(m.per_second, 0):>11}"
                 f" {'' if memory else _fmt(m.latency_ms(0.5), 2):>8}"
                 f" {'' if memory else _fmt(m.latency_ms(0.99), 2):>8}"
@@ -161,9 +179,19 @@ def table(report: dict[str, Any]) -> str:
         lines.append("")
     chats = chat_to_broadcast(report)
     if chats:
-        lines.append("chat rooms, CPU per delivery over the same subject's /broadcast (same run):")
+        lines.append(
+            "chat rooms and /live channels, CPU per delivery over the same subject's "
+            "/broadcast (same run):"
+        )
         for subject, entry in chats.items():
             figures = "  ".join(f"{name}: {value:.2f}×" for name, value in entry.items())
+            lines.append(f"  {subject:<15} {figures}")
+        lines.append("")
+    filled = fills(report)
+    if filled:
+        lines.append("/live, seconds to fill one channel (100 handshakes in flight, presence on):")
+        for subject, entry in filled.items():
+            figures = "  ".join(f"{name}: {value:.1f} s" for name, value in entry.items())
             lines.append(f"  {subject:<15} {figures}")
         lines.append("")
     lines.append(summary(report))
@@ -191,8 +219,9 @@ def summary(report: dict[str, Any]) -> str:
                     cells.append("—")
                 else:
                     r = ratio(report, subject, workload["name"])
-                    cells.append(f"{_fmt(_figure(m))} ({_fmt(r, 2)}×)")
-            unit = "KiB/conn" if workload["unit"] == "KiB/conn" else f"µs/{workload['unit']}"
+                    cells.append(f"{_fmt(_figure(m))} ({_times(r)})")
+            unit = workload["unit"]
+            unit = unit if unit.startswith("KiB/") else f"µs/{unit}"
             rows.append(f"| {workload['name']} ({unit}) | " + " | ".join(cells) + " |")
         spreads = growth({**report, "subjects": {s: report["subjects"][s] for s in subjects}})
         if spreads and workloads[0].get("baseline", BASELINE) == BASELINE:
@@ -219,6 +248,7 @@ def jsonable(report: dict[str, Any]) -> dict[str, Any]:
         "subjects": subjects,
         "paced_growth": growth(report),
         "chat_to_broadcast": chat_to_broadcast(report),
+        "fill_seconds": fills(report),
     }
 
 

@@ -188,7 +188,11 @@ def builtin_subjects(asyncio_server: Path = ASYNCIO_SERVER) -> list[Subject]:
     quiet = ["--log-level", "warning"]
     return [
         Subject("tornws", [python, "-m", "tornws", "serve", "--port", "{port}", *quiet]),
-        Subject("asyncio", [python, str(asyncio_server), "--port", "{port}", *quiet]),
+        Subject(
+            "asyncio",
+            [python, str(asyncio_server), "--port", "{port}", *quiet],
+            groups=("memory", "echo", "fanout", "chat", "handshake"),  # no /live
+        ),
         Subject(
             "raw-tornado",
             [python, "-m", "tornws.bench.raw_tornado", "--port", "{port}"],
