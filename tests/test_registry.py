@@ -42,9 +42,21 @@ def test_registry_join_leave_members() -> None:
     assert registry.leave("r", a) is True
     assert registry.leave("r", a) is False
     assert registry.members("r") == (b,)
+    assert registry.rooms_of(a) == {"s"}
     assert registry.leave_all(a) == ["s"]
+    assert registry.rooms_of(a) == frozenset()
     assert registry.rooms() == ["r"]
     assert registry.members("nowhere") == ()
+    # Three rooms, then down to one and none, in any order.
+    for room in ("x", "y", "z"):
+        registry.join(room, a)
+    assert registry.rooms_of(a) == {"x", "y", "z"}
+    registry.leave("y", a)
+    registry.leave("x", a)
+    assert registry.rooms_of(a) == {"z"}
+    registry.join("x", a)
+    assert registry.leave_all(a) == ["x", "z"]
+    assert registry.rooms_of(a) == frozenset() and registry.rooms() == ["r"]
 
 
 def test_registry_publish_reaches_every_member_of_the_room_only() -> None:

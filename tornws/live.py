@@ -179,12 +179,13 @@ class Subscription:
     registry's direct path like any member.
     """
 
-    __slots__ = ("__weakref__", "_after", "_waiting", "channel", "handler", "presence")
+    __slots__ = ("__weakref__", "_after", "_waiting", "channel", "handler", "listener")
 
     def __init__(self, handler: LiveHandler, channel: str, presence: bool) -> None:
         self.handler = handler
         self.channel = channel
-        self.presence = presence
+        #: Its member of the channel's presence room, when it asked for presence.
+        self.listener = _Listener(handler) if presence else None
         self._waiting: list[Envelope] | None = []  # until the reply is sent
         self._after: tuple[str, int] | None = None  # publications up to this were sent
 
@@ -308,7 +309,7 @@ class LiveHandler(WebSocketHandler):
     # Defaults, for subclasses whose initialize() does not call super().initialize().
     authorizer: Callable[[Any, str, str], bool] = staticmethod(allow_public)
     max_subscriptions = DEFAULT_MAX_SUBSCRIPTIONS
-    _subscriptions: dict[str, tuple[Subscription, _Listener | None]] | None = None
+    _subscriptions: dict[str, Subscription] | None = None
 
     def initialize(
         self,
@@ -405,9 +406,8 @@ class LiveHandler(WebSocketHandler):
         presence = command.get("presence", False)
         if not isinstance(presence, bool):
             raise CommandError("bad_request", '"presence" must be true or false')
-        subscription = Subscription(self, channel, presence)
-        listener = _Listener(self) if presence else None
-        subscriptions[channel] = (subscription, listener)
+        subscription = subscriptions[channel] = Subscription(self, channel, presence)
+        listener = subscription.listener
         registry = self.registry
         registry.join(channel_room(channel), subscription)
         if listener is not None:
@@ -458,8 +458,7 @@ class LiveHandler(WebSocketHandler):
 
     def _holds(self, subscription: Subscription) -> bool:
         """Whether ``subscription`` is still this connection's (not unsubscribed or closed)."""
-        entry = (self._subscriptions or {}).get(subscription.channel)
-        return entry is not None and entry[0] is subscription
+        return (self._subscriptions or {}).get(subscription.channel) is subscription
 
     def _unsubscribe(self, ident: int, command: dict[str, Any]) -> None:
         channel = self._channel(command, None)
@@ -518,7 +517,8 @@ class LiveHandler(WebSocketHandler):
     def _drop(self, channel: str, *, announce: bool = True) -> None:
         subscriptions = self._subscriptions
         assert subscriptions is not None
-        subscription, listener = subscriptions.pop(channel)
+        subscription = subscriptions.pop(channel)
+        listener = subscription.listener
         registry = self.registry
         registry.leave(channel_room(channel), subscription)
         if listener is not None:

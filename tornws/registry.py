@@ -84,9 +84,11 @@ class _Plan(NamedTuple):
 class _Members:
     """One room's members, in join order, grouped the way a fan-out uses them."""
 
-    __slots__ = ("by_id", "direct", "members", "others", "plan")
+    __slots__ = ("by_id", "direct", "members", "name", "others", "plan")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        #: The room's name (one string shared by every membership in it).
+        self.name = name
         #: member → its codec when it takes direct delivery, else None.
         self.members: dict[Member, Codec | None] = {}
         #: codec → {member: sender}, for the members with direct delivery.
@@ -161,7 +163,10 @@ class Registry:
         # order, which is about the order the kernel allocated their sockets in
         # (measured: sends in a shuffled order cost +25% at 10,000).
         self._rooms: dict[str, _Members] = {}
-        self._memberships: dict[Member, set[str]] = {}
+        # member → its room, or a set of rooms when it is in several (most members,
+        # a connection in its chat room or one channel's subscription, are in one:
+        # no set of one per member).
+        self._memberships: dict[Member, str | set[str]] = {}
         #: Seconds from a publish to the last local member's send.
         self.fanout_seconds = Histogram()
 
@@ -181,12 +186,18 @@ class Registry:
         """Add ``member`` to ``room``; ``False`` if it was a member already."""
         members = self._rooms.get(room)
         if members is None:
-            members = self._rooms[room] = _Members()
+            members = self._rooms[room] = _Members(room)
             self.broker.subscribe(room)
         elif member in members.members:
             return False
         members.add(member)
-        self._memberships.setdefault(member, set()).add(room)
+        rooms = self._memberships.get(member)
+        if rooms is None:
+            self._memberships[member] = members.name
+        elif isinstance(rooms, str):
+            self._memberships[member] = {rooms, members.name}
+        else:
+            rooms.add(members.name)
         return True
 
     def leave(self, room: str, member: Member) -> bool:
@@ -196,9 +207,12 @@ class Registry:
             return False
         members.remove(member)
         rooms = self._memberships[member]
-        rooms.discard(room)
-        if not rooms:
+        if isinstance(rooms, str):
             del self._memberships[member]
+        else:
+            rooms.discard(room)
+            if len(rooms) == 1:
+                self._memberships[member] = rooms.pop()
         if not members.members:
             del self._rooms[room]
             self.broker.unsubscribe(room)
@@ -207,14 +221,14 @@ class Registry:
     def update(self, member: Member) -> None:
         """Ask ``member``'s ``direct_delivery()`` again in every room it is in (a member
         whose answer changed: e.g. a chat connection once its greeting is sent)."""
-        for room in self._memberships.get(member, ()):
+        for room in self._rooms_of(member):
             members = self._rooms[room]
             members.remove(member)
             members.add(member)
 
     def leave_all(self, member: Member) -> list[str]:
         """Remove ``member`` from every room; return the rooms it left."""
-        rooms = sorted(self._memberships.get(member, ()))
+        rooms = sorted(self._rooms_of(member))
         for room in rooms:
             self.leave(room, member)
         return rooms
@@ -230,7 +244,13 @@ class Registry:
 
     def rooms_of(self, member: Member) -> frozenset[str]:
         """The rooms ``member`` is in."""
-        return frozenset(self._memberships.get(member, ()))
+        return frozenset(self._rooms_of(member))
+
+    def _rooms_of(self, member: Member) -> tuple[str, ...] | set[str]:
+        rooms = self._memberships.get(member)
+        if rooms is None:
+            return ()
+        return (rooms,) if isinstance(rooms, str) else rooms
 
     # Messages
 

@@ -671,7 +671,7 @@ async def live_memory(server: Running, connections: int, settle: float = 1.0) ->
     await _wait(lambda: results >= wanted or bool(refused), f"{wanted} subscribe results")
     if refused:
         raise CheckFailed(f"live: subscribe refused: {refused[0].decode()}")
-    await asyncio.sleep(settle)
+    await asyncio.sleep(settle + 1.0)  # (the joins' presence notices go out within 1 s)
     result.units = wanted
     result.bytes_per_unit = (server.rss() - before) / wanted
     await close_all(clients)
