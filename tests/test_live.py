@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -376,3 +377,72 @@ async def test_live_subscribers_are_on_the_direct_path(live: Any, registry: Any)
         await client.command("subscribe", channel="fast")
     plan = registry._rooms["live:fast"].get_plan()  # white box: the delivery plan itself
     assert sum(len(group.senders) for group in plan.direct) == 3 and plan.others == ()
+
+
+class TestWhatEveryHandlerGuarantees:
+    """/live is a tornws handler like the others: origin, message size, rate limit,
+    logging and drain apply to it, through the same options."""
+
+    @pytest.fixture
+    def app(self, registry: tornws.Registry) -> Any:
+        return tornws.make_app(
+            registry=registry,
+            handler_options={"rate_limit": (30, 1.0), "origins": ["https://app.example"]},
+        )
+
+    @pytest.mark.gen_test(timeout=20)
+    async def test_origin_rate_logging_and_drain(
+        self, live: Any, ws_url: str, node: tornws.Node, caplog: Any
+    ) -> None:
+        caplog.set_level(logging.INFO)
+        request = tornado.httpclient.HTTPRequest(
+            f"{ws_url}/live",
+            headers={"Origin": "https://evil.example", "Sec-WebSocket-Protocol": "tornws.v1"},
+        )
+        with pytest.raises(tornado.httpclient.HTTPClientError) as refused:
+            await tornado.websocket.websocket_connect(request)
+        assert refused.value.code == 403
+        assert node.stats.rejections == {"origin": 1}
+
+        reader, flood = await live(), await live()
+        await reader.command("subscribe", channel="news")
+        for i in range(60):  # over 30 a second: closed 1008, the reader unaffected
+            flood.connection.write_message(
+                json.dumps({"id": i, "type": "presence", "channel": "x"})
+            )
+        while (await flood.connection.read_message()) is not None:
+            pass
+        assert flood.connection.close_code == 1008
+        assert node.stats.rate_limited == 1
+        await reader.command("publish", channel="news", data="still here")
+        assert (await reader.push())["data"] == "still here"
+        assert any("open /live" in r.getMessage() for r in caplog.records)
+
+        # Drain: what was published is flushed, then 1001.
+        for i in range(20):
+            await reader.command("publish", channel="news", data=i)
+        assert await tornws.drain(node, window=0.2, timeout=5) == 1
+        got = []
+        while (message := await reader.connection.read_message()) is not None:
+            got.append(json.loads(message))
+        pushes = reader.pushes + got
+        assert [p["data"] for p in pushes] == list(range(20))
+        assert reader.connection.close_code == 1001
+
+
+class TestLiveMessageSize:
+    @pytest.fixture
+    def app(self, registry: tornws.Registry) -> Any:
+        return tornado.web.Application(
+            tornws.routes(registry=registry, live={"max_message_size": 512})
+        )
+
+    @pytest.mark.gen_test
+    async def test_a_command_over_the_size_limit_is_closed_1009(self, live: Any) -> None:
+        client = await live()
+        big = json.dumps({"id": 1, "type": "publish", "channel": "x", "data": "x" * 600})
+        client.connection.write_message(big)
+        assert await client.connection.read_message() is None
+        assert client.connection.close_code == 1009
+        again = await live()  # the server goes on
+        assert "result" in await again.command("publish", channel="x", data="small")
