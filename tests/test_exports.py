@@ -10,6 +10,7 @@ import pytest
 import tornws
 
 PUBLIC_MODULES = [
+    "tornws.api",
     "tornws.app",
     "tornws.admission",
     "tornws.auth",
@@ -29,10 +30,12 @@ PUBLIC_MODULES = [
     "tornws.exceptions",
     "tornws.frames",
     "tornws.handlers",
+    "tornws.hub",
     "tornws.live",
     "tornws.metrics",
     "tornws.node",
     "tornws.page",
+    "tornws.publisher",
     "tornws.redis_broker",
     "tornws.registry",
     "tornws.server",
@@ -72,8 +75,10 @@ TOP_LEVEL_MODULES = [
     "tornws.exceptions",
     "tornws.frames",
     "tornws.handlers",
+    "tornws.hub",
     "tornws.live",
     "tornws.node",
+    "tornws.publisher",
     "tornws.registry",
     "tornws.server",
     "tornws.stats",

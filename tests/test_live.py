@@ -154,7 +154,9 @@ async def test_live_binary_frame_is_bad_request(live: Any) -> None:
         ({"type": "subscribe", "channel": ""}, "bad_channel"),
         ({"type": "subscribe", "channel": "x" * 129}, "bad_channel"),
         ({"type": "subscribe", "channel": "sp ace"}, "bad_channel"),
-        ({"type": "subscribe", "channel": "#ann"}, "bad_channel"),
+        ({"type": "subscribe", "channel": "#ann"}, "forbidden"),  # another user's
+        ({"type": "subscribe", "channel": "##ann"}, "bad_channel"),
+        ({"type": "publish", "channel": "#ann", "data": 1}, "forbidden"),
         ({"type": "publish", "channel": "a/b", "data": 1}, "bad_channel"),
         ({"type": "publish", "channel": "ok"}, "bad_request"),
         ({"type": "subscribe", "channel": "ok", "since": 5}, "bad_request"),

@@ -7,10 +7,10 @@ Rooms and fan-out on a shared registry, subprotocol selection, a chat over
 The top level holds every public name of these modules, and only those (tested):
 :mod:`~tornws.app`, :mod:`~tornws.broker`, :mod:`~tornws.chat`,
 :mod:`~tornws.demo`, :mod:`~tornws.exceptions`, :mod:`~tornws.frames`,
-:mod:`~tornws.handlers`, :mod:`~tornws.live`, :mod:`~tornws.node`, :mod:`~tornws.registry`,
-:mod:`~tornws.server`, :mod:`~tornws.stats`. The other modules are reached by
-their path: :mod:`tornws.admission`, :mod:`tornws.auth`, :mod:`tornws.client`,
-:mod:`tornws.connection` (the socket-free connection core),
+:mod:`~tornws.handlers`, :mod:`~tornws.hub`, :mod:`~tornws.live`, :mod:`~tornws.node`,
+:mod:`~tornws.publisher`, :mod:`~tornws.registry`, :mod:`~tornws.server`, :mod:`~tornws.stats`.
+The other modules are reached by their path: :mod:`tornws.admission`,
+:mod:`tornws.auth`, :mod:`tornws.client`, :mod:`tornws.connection` (the socket-free core),
 :mod:`tornws.deflate`, :mod:`tornws.metrics`, :mod:`tornws.redis_broker`,
 :mod:`tornws.transport` (the Tornado adapter), :mod:`tornws.bench`.
 """
@@ -87,6 +87,12 @@ from .handlers import (
     VERBATIM,
     WebSocketHandler,
 )
+from .hub import (
+    Hub,
+    Position,
+    check_channel,
+    user_channel,
+)
 from .live import (
     ACTIONS,
     CHANNEL_PATTERN,
@@ -106,8 +112,16 @@ from .live import (
     channel_room,
 )
 from .node import (
+    CONTROL_ROOM,
+    DISCONNECT_CODE,
+    DISCONNECT_REASON,
     Closable,
+    Disconnect,
     Node,
+)
+from .publisher import (
+    AsyncPublisher,
+    Publisher,
 )
 from .registry import (
     Member,
@@ -129,6 +143,7 @@ from .stats import (
 __all__ = [
     "ACTIONS",
     "CHANNEL_PATTERN",
+    "CONTROL_ROOM",
     "DEFAULT_COMPRESSION",
     "DEFAULT_HISTORY",
     "DEFAULT_HISTORY_AGE",
@@ -140,6 +155,8 @@ __all__ = [
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_PING_TIMEOUT",
     "DEFAULT_RETRY_AFTER",
+    "DISCONNECT_CODE",
+    "DISCONNECT_REASON",
     "ENDPOINTS",
     "JSON",
     "LIVE_SUBPROTOCOL",
@@ -151,6 +168,7 @@ __all__ = [
     "ROOM_PATTERN",
     "TEXT",
     "VERBATIM",
+    "AsyncPublisher",
     "BroadcastHandler",
     "Broker",
     "BrokerUnavailableError",
@@ -163,11 +181,13 @@ __all__ = [
     "CommandError",
     "ConfigError",
     "Data",
+    "Disconnect",
     "EchoHandler",
     "Envelope",
     "HandshakeError",
     "HealthHandler",
     "Histogram",
+    "Hub",
     "JsonCodec",
     "LiveHandler",
     "Member",
@@ -175,11 +195,13 @@ __all__ = [
     "Message",
     "Node",
     "Opcode",
+    "Position",
     "PresenceChange",
     "PresenceCodec",
     "ProtocolError",
     "PubCodec",
     "Publication",
+    "Publisher",
     "Reader",
     "ReaderDelegate",
     "Registry",
@@ -194,6 +216,7 @@ __all__ = [
     "add_routes",
     "allow_public",
     "channel_room",
+    "check_channel",
     "drain",
     "encode_close",
     "encode_frame",
@@ -209,5 +232,6 @@ __all__ = [
     "serve",
     "ssl_context",
     "unmask",
+    "user_channel",
     "validate_nick",
 ]

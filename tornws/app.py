@@ -15,6 +15,7 @@ import tornado.web
 from tornado.routing import URLSpec
 
 from . import deflate
+from .api import api_routes
 from .auth import log_request
 from .chat import ROOM_PATTERN, ChatHandler
 from .demo import BroadcastHandler, EchoHandler
@@ -134,6 +135,7 @@ def make_app(
     *,
     registry: Registry | None = None,
     handler_options: dict[str, Any] | None = None,
+    api_key: str | None = None,
     **settings: Any,
 ) -> tornado.web.Application:
     """The demo application of ``tornws serve``.
@@ -141,12 +143,15 @@ def make_app(
     Args:
         registry: the rooms' registry (a new one by default).
         handler_options: options for every WebSocket route (see :func:`routes`).
+        api_key: enables the HTTP server API under ``/api`` (:mod:`tornws.api`);
+            without it, ``/api/...`` answers 404.
         **settings: Tornado application settings.
     """
     registry = registry if registry is not None else Registry()
     handlers: list[Any] = [
         URLSpec(r"/healthz", HealthHandler),
         URLSpec(r"/metrics", MetricsHandler),
+        *api_routes(api_key),
         *routes(registry=registry, page=True, **(handler_options or {})),
     ]
     defaults = {"tornws.registry": registry, "log_function": log_request}

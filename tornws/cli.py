@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import logging
+import os
 import ssl
 import sys
 from collections.abc import Sequence
@@ -153,7 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--broker",
         metavar="URL",
         help="carry rooms between processes through Redis, e.g. redis://127.0.0.1:6379/0 "
-        "(needs tornws[redis])",
+        "(needs tornws[redis]); with --app too, unless that app has a registry of its own",
+    )
+    serve.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=os.environ.get("TORNWS_API_KEY"),
+        help="enable the HTTP server API under /api, callers sending this key in X-API-Key "
+        "(default: $TORNWS_API_KEY; at least 16 characters; prefer the variable: a flag "
+        "shows in the process list)",
     )
     serve.add_argument(
         "--workers",
@@ -199,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _add_client(commands)
+    _add_publish(commands)
 
     bench = commands.add_parser(
         "bench",
@@ -334,6 +345,54 @@ def _add_client(commands: Any) -> None:
     )
 
 
+def _add_publish(commands: Any) -> None:
+    """``tornws publish``'s arguments."""
+    publish = commands.add_parser(
+        "publish",
+        help="publish to a channel of the tornws processes on a Redis",
+        description="Publish JSON to CHANNEL (or #USER) through the Redis the tornws "
+        "processes share (--broker), numbered and kept like theirs; print <epoch>:<offset>. "
+        "Without Redis there is no other process to reach: use tornws.Hub in the process.",
+    )
+    publish.add_argument("channel", metavar="CHANNEL")
+    publish.add_argument(
+        "data", metavar="JSON", help="the publication's data: any JSON text ('-': read stdin)"
+    )
+    publish.add_argument(
+        "--broker",
+        metavar="URL",
+        default=os.environ.get("TORNWS_BROKER"),
+        help="redis://host:port/db of the tornws processes (default: $TORNWS_BROKER)",
+    )
+    publish.add_argument("--prefix", default="tornws", help="key prefix (default: %(default)s)")
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from .exceptions import BrokerUnavailableError
+
+    if not args.broker:
+        raise ConfigError(
+            "--broker URL (or TORNWS_BROKER) is required: the tornws processes' Redis"
+        )
+    text = sys.stdin.read() if args.data == "-" else args.data
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"JSON: not JSON ({exc}); quote a string as '\"text\"'") from None
+    from .publisher import Publisher
+
+    try:
+        with Publisher(args.broker, prefix=args.prefix) as publisher:
+            position = publisher.publish(args.channel, data)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    except BrokerUnavailableError as exc:
+        print(f"tornws publish: {exc}", file=sys.stderr)
+        return 1
+    print(position)
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
@@ -341,7 +400,6 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import make_app
     from .frames import CloseCode
     from .server import run_workers, serve, ssl_context
 
@@ -361,19 +419,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     if not args.access_log:
         logging.getLogger("tornado.access").setLevel(logging.WARNING)
-    if args.app:
-        app = load_app(args.app)
-    else:
-        options: dict[str, Any] = {"origins": args.origin, "slow_consumer": args.slow_consumer}
-        if args.max_message_size is not None:
-            options["max_message_size"] = args.max_message_size
-        if args.max_outgoing is not None:
-            options["max_outgoing"] = args.max_outgoing
-        if args.compress == "shared":
-            options["compression"] = {"server_no_context_takeover": True}
-        elif args.compress:
-            options["compression"] = {}
-        app = make_app(registry=_registry(args.broker), handler_options=options)
+    app = _build_app(args)
     _apply_settings(app, args)
     server_options: dict[str, Any] = {"xheaders": args.xheaders}
     if args.certfile:
@@ -416,6 +462,38 @@ def _serve(args: argparse.Namespace) -> int:
             return 2
 
     return run_workers(args.workers, worker)
+
+
+def _build_app(args: argparse.Namespace) -> tornado.web.Application:
+    """The application ``tornws serve`` runs: ``--app``'s, or the demo app."""
+    from .api import api_routes
+    from .app import make_app
+
+    if args.api_key and len(args.api_key) < 16:
+        raise ConfigError("--api-key: an API key must be at least 16 characters")
+    if args.app:
+        app = load_app(args.app)
+        registry = _registry(args.broker)
+        if registry is not None:
+            if "tornws.registry" in app.settings:
+                raise ConfigError(f"--broker: the --app {args.app} has a registry of its own")
+            app.settings["tornws.registry"] = registry
+        if args.api_key:
+            app.add_handlers(".*", api_routes(args.api_key))
+    else:
+        options: dict[str, Any] = {"origins": args.origin, "slow_consumer": args.slow_consumer}
+        if args.max_message_size is not None:
+            options["max_message_size"] = args.max_message_size
+        if args.max_outgoing is not None:
+            options["max_outgoing"] = args.max_outgoing
+        if args.compress == "shared":
+            options["compression"] = {"server_no_context_takeover": True}
+        elif args.compress:
+            options["compression"] = {}
+        app = make_app(
+            registry=_registry(args.broker), handler_options=options, api_key=args.api_key
+        )
+    return app
 
 
 def _apply_settings(app: Any, args: argparse.Namespace) -> None:
@@ -487,6 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "publish":
+            return _publish(args)
         return _client(args)
     except ConfigError as exc:
         print(f"tornws {args.command}: {exc}", file=sys.stderr)

@@ -18,6 +18,9 @@ Every exception tornws defines derives from :class:`TornwsError`::
      │                    cannot be understood; answered with an ``error`` event
      ├── CommandError     (tornws.live) a tornws.v1 command that cannot be carried
      │                    out; answered with ``{"error": {code, message}}``
+     ├── ApiError         (tornws.api; also tornado.web.HTTPError) a server API
+     │                    request that cannot be carried out: its HTTP status and
+     │                    ``{"error": {code, message}}``
      └── CheckFailed      (tornws.bench.load; also AssertionError) a server under
                           ``tornws bench`` answered wrongly
 

@@ -45,6 +45,7 @@ are logged by Tornado at ERROR on ``tornado.application``.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import itertools
 import logging
@@ -172,6 +173,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     _refusal = ""
     _refusal_kind = ""
     _counted_ip: str | None = None
+    _user_counted: Any = None  # the user this connection was counted under (Node.user_opened)
     #: See the module docstring.
     max_outgoing: int = DEFAULT_MAX_OUTGOING
     slow_consumer: str = "close"
@@ -351,6 +353,13 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             self._opened_at = time.monotonic()
             self._counted_ip = ip = self.request.remote_ip or ""
             self.node.opened(self, ip)
+            hub = self.settings.get("tornws.hub")
+            if hub is not None and hub.loop is None:  # its threads now know where to call
+                hub.bind(asyncio.get_running_loop())
+            user = self.current_user
+            if user is not None:  # reachable by Hub.disconnect(user), on every process
+                self._user_counted = user
+                self.node.user_opened(user, self, self.registry)
             log.info(
                 "open %s peer=%s subprotocol=%s id=%s",
                 self.request.path,
@@ -399,6 +408,9 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         if opened_at is None:
             return
         self.registry.leave_all(self)
+        user, self._user_counted = self._user_counted, None
+        if user is not None:
+            self.node.user_closed(user, self)
         ip, self._counted_ip = self._counted_ip, None
         if ip is not None:
             self.node.closed(self, ip)

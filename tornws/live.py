@@ -179,13 +179,23 @@ class Subscription:
     registry's direct path like any member.
     """
 
-    __slots__ = ("__weakref__", "_after", "_waiting", "channel", "handler", "listener")
+    __slots__ = (
+        "__weakref__",
+        "_after",
+        "_waiting",
+        "automatic",
+        "channel",
+        "handler",
+        "listener",
+    )
 
     def __init__(self, handler: LiveHandler, channel: str, presence: bool) -> None:
         self.handler = handler
         self.channel = channel
         #: Its member of the channel's presence room, when it asked for presence.
         self.listener = _Listener(handler) if presence else None
+        #: Made by the server (a user's own channel), not by a subscribe.
+        self.automatic = False
         self._waiting: list[Envelope] | None = []  # until the reply is sent
         self._after: tuple[str, int] | None = None  # publications up to this were sent
 
@@ -342,6 +352,23 @@ class LiveHandler(WebSocketHandler):
 
     def open(self, *args: str, **kwargs: str) -> None:
         self._subscriptions = {}
+        own = self.user_channel
+        if own is not None:  # reachable at once, before any command
+            subscription = self._subscriptions[own] = Subscription(self, own, False)
+            subscription.automatic = True
+            subscription._waiting = None  # nothing to answer: on the direct path now
+            self.registry.join(channel_room(own), subscription)
+
+    @property
+    def user_channel(self) -> str | None:
+        """``#<user>`` for a signed-in connection (subscribed automatically; only that
+        user may subscribe to it), else ``None``; also ``None`` when ``str(user)`` is
+        not a valid channel name."""
+        user = self.current_user
+        if user is None:
+            return None
+        name = str(user)
+        return f"#{name}" if _CHANNEL.fullmatch(name) else None
 
     def on_message(self, message: str | bytes) -> Awaitable[None] | None:
         if isinstance(message, bytes):
@@ -385,7 +412,12 @@ class LiveHandler(WebSocketHandler):
         channel = self._channel(command, "subscribe")
         subscriptions = self._subscriptions
         assert subscriptions is not None
-        if channel in subscriptions:
+        existing = subscriptions.get(channel)
+        if existing is not None and existing.automatic:
+            # One's own channel, subscribed at open: subscribing again (with a since,
+            # after a reconnect) answers like any subscribe, resume included.
+            self._drop(channel, announce=False)
+        elif existing is not None:
             raise CommandError("already_subscribed", f"already subscribed to {channel!r}")
         if len(subscriptions) >= self.max_subscriptions:
             raise CommandError(
@@ -412,7 +444,8 @@ class LiveHandler(WebSocketHandler):
         registry.join(channel_room(channel), subscription)
         if listener is not None:
             registry.join(_PRESENCE_ROOM + channel, listener)
-        _announcer(registry).announce(channel, "join", self.presence_entry())
+        if not channel.startswith("#"):  # (a user's channel has no presence)
+            _announcer(registry).announce(channel, "join", self.presence_entry())
         return self._answer_subscribe(ident, subscription, position)
 
     async def _answer_subscribe(
@@ -501,15 +534,18 @@ class LiveHandler(WebSocketHandler):
 
     def _channel(self, command: dict[str, Any], action: str | None) -> str:
         channel = command.get("channel")
-        if not isinstance(channel, str) or not _CHANNEL.fullmatch(channel.lstrip("#")):
+        if not isinstance(channel, str) or not _CHANNEL.fullmatch(
+            channel[1:] if channel.startswith("#") else channel
+        ):
             raise CommandError(
                 "bad_channel",
-                f"invalid channel {channel!r}: 1 to 128 of A-Z a-z 0-9 _ . : @ ~ -",
+                f"invalid channel {channel!r}: 1 to 128 of A-Z a-z 0-9 _ . : @ ~ -, "
+                "after an optional # (a user's channel)",
             )
-        if channel.startswith("#"):
-            raise CommandError(
-                "bad_channel", f"channel {channel!r}: a leading # is reserved for users"
-            )
+        if channel.startswith("#") and action == "subscribe" and channel != self.user_channel:
+            raise CommandError("forbidden", f"{channel!r} is another user's channel")
+        if channel.startswith("#") and action == "subscribe":
+            return channel  # one's own
         if action is not None and not self.authorize(channel, action):
             raise CommandError("forbidden", f"not allowed to {action} on {channel!r}")
         return channel
@@ -523,7 +559,7 @@ class LiveHandler(WebSocketHandler):
         registry.leave(channel_room(channel), subscription)
         if listener is not None:
             registry.leave(_PRESENCE_ROOM + channel, listener)
-        if announce:
+        if announce and not channel.startswith("#"):
             _announcer(registry).announce(channel, "leave", self.presence_entry())
 
     def presence_entry(self) -> dict[str, Any]:

@@ -41,15 +41,16 @@ from .chat import ChatEvent
 from .exceptions import BrokerUnavailableError
 from .frames import Message
 from .live import PresenceChange, Publication
+from .node import Disconnect
 
-__all__ = ["RedisBroker", "decode_payload", "encode_payload"]
+__all__ = ["PUBLISH_SCRIPT", "RedisBroker", "decode_payload", "encode_payload", "publish_call"]
 
 log = logging.getLogger(__name__)
 
 # KEYS: stream, epoch, counter. ARGV: payload, a fresh epoch, maxlen, ttl in ms, keep ("1"
 # or "0": a message not to keep still goes through the stream, every process reads it there,
 # but a resume across it is refused).
-_PUBLISH = """
+PUBLISH_SCRIPT = _PUBLISH = """
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
   epoch = ARGV[2]
@@ -82,7 +83,7 @@ return {epoch, tonumber(redis.call('GET', KEYS[3]) or '0')}
 
 def encode_payload(payload: object) -> str:
     """A published payload as JSON text (chat events, channel publications and presence
-    changes, messages)."""
+    changes, control messages, messages)."""
     if isinstance(payload, ChatEvent):
         return json.dumps(
             {
@@ -95,6 +96,8 @@ def encode_payload(payload: object) -> str:
     if isinstance(payload, PresenceChange):
         body = {"presence": [payload.channel, payload.kind, payload.members]}
         return json.dumps(body, ensure_ascii=False)
+    if isinstance(payload, Disconnect):
+        return json.dumps({"disconnect": [payload.user, payload.code, payload.reason]})
     if isinstance(payload, Message):
         if payload.binary:
             data = payload.payload
@@ -115,9 +118,24 @@ def decode_payload(text: str | bytes) -> object:
     if "chat" in body:
         kind, nick, line, when, origin = body["chat"]
         return ChatEvent(kind, nick, line, time=when, origin=origin)
+    if "disconnect" in body:
+        user, code, reason = body["disconnect"]
+        return Disconnect(user, code, reason)
     if "bin" in body:
         return Message(base64.b64decode(body["bin"]))
     return Message(body["text"])
+
+
+def publish_call(
+    prefix: str, room: str, payload: object, *, keep: bool, maxlen: str, ttl: str
+) -> tuple[list[str], list[str]]:
+    """The keys and arguments of the publish script (:data:`PUBLISH_SCRIPT`) that
+    numbers ``payload`` in ``room`` and appends it to the room's stream: what every
+    tornws process and :class:`tornws.publisher.Publisher` run, so their publications
+    share one sequence."""
+    keys = [f"{prefix}:room:{room}:{kind}" for kind in ("stream", "epoch", "n")]
+    args = [encode_payload(payload), os.urandom(4).hex(), maxlen, ttl, "1" if keep else "0"]
+    return keys, args
 
 
 class RedisBroker(Broker):
@@ -278,14 +296,9 @@ class RedisBroker(Broker):
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for room, payload, keep, _ in batch:
-                        keys = [self._key(room, k) for k in ("stream", "epoch", "n")]
-                        args = [
-                            encode_payload(payload),
-                            os.urandom(4).hex(),
-                            maxlen,
-                            ttl,
-                            "1" if keep else "0",
-                        ]
+                        keys, args = publish_call(
+                            self.prefix, room, payload, keep=keep, maxlen=maxlen, ttl=ttl
+                        )
                         await self._script(keys=keys, args=args, client=pipe)
                     results = await pipe.execute()
                 for (_, _, _, future), (epoch, offset) in zip(batch, results):

@@ -25,6 +25,7 @@ import tornado.netutil
 import tornado.web
 
 from .frames import CloseCode
+from .hub import Hub
 from .node import Node
 from .registry import Registry
 
@@ -149,6 +150,7 @@ async def serve(
         log.info("listening on %s://%s:%d", scheme, shown, address[1])
 
     registry = Registry.for_application(application)
+    Hub.for_application(application).bind(asyncio.get_running_loop())
     await registry.broker.start()
     stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,0 +1,211 @@
+"""Publishing from another process through Redis: :class:`Publisher` and :class:`AsyncPublisher`.
+
+A Django or Flask view, a Celery task, a cron script — code with no event loop
+and no tornws in its process — publishes to the channels and rooms of the
+tornws processes that share its Redis (``tornws serve --broker URL``)::
+
+    from tornws.publisher import Publisher
+
+    with Publisher("redis://127.0.0.1:6379/0") as publisher:
+        position = publisher.publish("news", {"title": "hello"})  # Position(epoch, offset)
+        publisher.publish("#ann", {"unread": 3})                  # every connection of ann
+        publisher.say("lobby", "the deploy is done")              # a chat room
+        publisher.disconnect("ann")                               # close ann's connections
+
+It runs the same publish script as the tornws processes
+(:func:`tornws.redis_broker.publish_call`), so its publications are numbered in
+the channel's one sequence, ordered with the clients' publications, kept in
+the channel's history and resumable. Give it the ``prefix``, ``history`` and
+``history_age`` the servers use (their defaults match). Without Redis there is
+no other process to reach: publish in the process with :class:`tornws.Hub`.
+
+Needs redis-py (``pip install 'tornws[redis]'``). ``tornws publish --broker
+URL CHANNEL JSON`` is the same from a shell.
+"""
+
+from __future__ import annotations
+
+import json
+from types import TracebackType
+from typing import Any
+
+from .broker import DEFAULT_HISTORY, DEFAULT_HISTORY_AGE
+from .chat import ChatEvent
+from .exceptions import BrokerUnavailableError, ConfigError
+from .hub import Position, check_channel
+from .live import Publication, channel_room
+from .node import CONTROL_ROOM, DISCONNECT_CODE, DISCONNECT_REASON, Disconnect
+from .redis_broker import PUBLISH_SCRIPT, publish_call
+
+__all__ = ["AsyncPublisher", "Publisher"]
+
+
+def _redis() -> Any:
+    try:
+        import redis
+    except ImportError:
+        raise ConfigError("tornws.Publisher needs redis-py: pip install 'tornws[redis]'") from None
+    return redis
+
+
+def _publication(channel: str, data: Any) -> tuple[str, Publication]:
+    check_channel(channel)
+    try:
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"data is not JSON: {exc}") from None
+    return channel_room(channel), Publication(text)
+
+
+def _chat(room: str, text: str, nick: str) -> ChatEvent:
+    if not isinstance(text, str) or not text:
+        raise ValueError("text must be a non-empty string")
+    return ChatEvent("message", nick, text)
+
+
+def _disconnect(user: Any, code: int, reason: str) -> Disconnect:
+    if not 3000 <= code <= 4999:
+        raise ValueError(f"code must be an application close code (3000-4999), not {code}")
+    return Disconnect(str(user), code, reason)
+
+
+class _Base:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        history: int,
+        history_age: float,
+    ) -> None:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"a Publisher needs a redis:// URL, not {url!r}")
+        self.url = url
+        self.prefix = prefix
+        self._maxlen = str(max(history, 1))
+        self._ttl = str(int(history_age * 1000))
+
+    def _call(self, room: str, payload: object, keep: bool) -> tuple[list[str], list[str]]:
+        return publish_call(
+            self.prefix, room, payload, keep=keep, maxlen=self._maxlen, ttl=self._ttl
+        )
+
+
+class Publisher(_Base):
+    """Publishes to tornws through Redis, synchronously (see the module docstring).
+
+    Thread-safe (redis-py's connection pool); one per process is enough.
+
+    Raises (every method):
+        BrokerUnavailableError: Redis could not be reached (nothing was published).
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "tornws",
+        history: int = DEFAULT_HISTORY,
+        history_age: float = DEFAULT_HISTORY_AGE,
+        timeout: float = 5.0,
+    ) -> None:
+        super().__init__(url, prefix, history, history_age)
+        redis = _redis()
+        self._errors = (redis.exceptions.RedisError, OSError)
+        self._client = redis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self._script = self._client.register_script(PUBLISH_SCRIPT)
+
+    def publish(self, channel: str, data: Any) -> Position:
+        """Publish ``data`` (any JSON) to ``channel`` (``#<user>``: that user's
+        connections); return where it landed."""
+        return self._run(*_publication(channel, data), keep=True)
+
+    def say(self, room: str, text: str, *, nick: str = "server") -> Position:
+        """Post ``text`` to chat room ``room`` as ``nick``."""
+        return self._run(room, _chat(room, text, nick), keep=True)
+
+    def disconnect(
+        self, user: Any, *, code: int = DISCONNECT_CODE, reason: str = DISCONNECT_REASON
+    ) -> None:
+        """Close every connection of ``user`` on every tornws process of this Redis."""
+        self._run(CONTROL_ROOM, _disconnect(user, code, reason), keep=False)
+
+    def _run(self, room: str, payload: object, *, keep: bool) -> Position:
+        keys, args = self._call(room, payload, keep)
+        try:
+            epoch, offset = self._script(keys=keys, args=args)
+        except self._errors as exc:
+            raise BrokerUnavailableError(f"redis unreachable ({self.url}): {exc}") from None
+        return Position(str(epoch), int(offset))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncPublisher(_Base):
+    """:class:`Publisher`'s asyncio twin: the same methods, awaited
+    (``async with AsyncPublisher(url) as publisher: await publisher.publish(...)``)."""
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "tornws",
+        history: int = DEFAULT_HISTORY,
+        history_age: float = DEFAULT_HISTORY_AGE,
+        timeout: float = 5.0,
+    ) -> None:
+        super().__init__(url, prefix, history, history_age)
+        redis = _redis()
+        from redis.asyncio import Redis
+
+        self._errors = (redis.exceptions.RedisError, OSError)
+        self._client = Redis.from_url(
+            url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self._script = self._client.register_script(PUBLISH_SCRIPT)
+
+    async def publish(self, channel: str, data: Any) -> Position:
+        return await self._run(*_publication(channel, data), keep=True)
+
+    async def say(self, room: str, text: str, *, nick: str = "server") -> Position:
+        return await self._run(room, _chat(room, text, nick), keep=True)
+
+    async def disconnect(
+        self, user: Any, *, code: int = DISCONNECT_CODE, reason: str = DISCONNECT_REASON
+    ) -> None:
+        await self._run(CONTROL_ROOM, _disconnect(user, code, reason), keep=False)
+
+    async def _run(self, room: str, payload: object, *, keep: bool) -> Position:
+        keys, args = self._call(room, payload, keep)
+        try:
+            epoch, offset = await self._script(keys=keys, args=args)
+        except self._errors as exc:
+            raise BrokerUnavailableError(f"redis unreachable ({self.url}): {exc}") from None
+        return Position(str(epoch), int(offset))
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncPublisher:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
