@@ -203,3 +203,44 @@ def test_publish_without_a_broker_says_to_use_the_hub() -> None:
     assert "--broker URL (or TORNWS_BROKER) is required" in result.stderr
     result = run(tornws_command("publish", "--help"), timeout=30)
     assert "tornws.Hub" in result.stdout
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_ticket_is_single_use_across_processes(redis: Redis) -> None:
+    """Two processes sharing the ticket secret and a Redis: a ticket used on one is
+    refused by the other (401 ticket already used)."""
+    from user_app import TICKET_SECRET
+
+    from tornws.auth import Tickets
+
+    servers = []
+    for _ in range(2):
+        port = free_port()
+        args = tornws_command("serve", "--port", str(port), "--broker", redis.url)
+        servers.append(Server([*args, "--app", "tests.user_app:make_ticket_app"], port))
+    a, b = servers
+    try:
+        ticket = Tickets(TICKET_SECRET).mint("ann")
+        first = await websockets.asyncio.client.connect(
+            f"{a.url}/live?ticket={ticket}",
+            subprotocols=["tornws.v1"],  # type: ignore[list-item]
+        )
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            await websockets.asyncio.client.connect(
+                f"{b.url}/live?ticket={ticket}",
+                subprotocols=["tornws.v1"],  # type: ignore[list-item]
+            )
+        assert refused.value.response.status_code == 401
+        assert refused.value.response.body.strip() == b"ticket already used"
+        other = Tickets(TICKET_SECRET).mint("bob")  # a fresh one is fine on b
+        second = await websockets.asyncio.client.connect(
+            f"{b.url}/live?ticket={other}",
+            subprotocols=["tornws.v1"],  # type: ignore[list-item]
+        )
+        await first.close()
+        await second.close()
+    finally:
+        for server in servers:
+            code, log = server.stop()
+            assert code == 0, log
+    assert "ticket already used" in b.output

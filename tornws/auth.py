@@ -10,9 +10,11 @@ ticket gets HTTP 401 with the reason. Tickets live :data:`DEFAULT_TTL` seconds
 and are good for one connection; :func:`log_request` keeps them out of the
 access log.
 
-Single use is remembered in this process: with several processes behind one
-address, route a ticket to the process that minted it or share the secret and
-accept that a ticket could be used once per process within its lifetime.
+Single use is remembered in this process, and across processes when the
+handlers' registry has a broker that reaches them (Redis: the ticket's nonce is
+claimed with ``SET NX`` for the ticket's lifetime, :meth:`tornws.Broker.claim_once`);
+on the memory broker, several processes sharing the secret would each accept a
+ticket once.
 """
 
 from __future__ import annotations
@@ -85,10 +87,24 @@ class Tickets:
         return f"{_b64(body)}.{_b64(self._sign(body))}"
 
     def redeem(self, ticket: str) -> str:
-        """The ticket's user; the ticket cannot be redeemed again.
+        """The ticket's user; the ticket cannot be redeemed again (in this process).
 
         Raises:
             TicketError: ``invalid ticket``, ``ticket expired`` or ``ticket already used``.
+        """
+        user, nonce, expiry = self.claims(ticket)
+        self._forget_expired(self._clock())
+        if nonce in self._used:
+            raise TicketError("ticket already used")
+        self._used[nonce] = expiry
+        return user
+
+    def claims(self, ticket: str) -> tuple[str, str, float]:
+        """The ticket's ``(user, nonce, expiry)`` if it is genuine and unexpired, used or
+        not (what a shared store of used nonces needs).
+
+        Raises:
+            TicketError: ``invalid ticket`` or ``ticket expired``.
         """
         body_text, _, signature = ticket.partition(".")
         try:
@@ -101,14 +117,9 @@ class Tickets:
             raise TicketError("invalid ticket") from None
         if not isinstance(user, str) or not isinstance(nonce, str):
             raise TicketError("invalid ticket")
-        now = self._clock()
-        if now >= expiry:
+        if self._clock() >= expiry:
             raise TicketError("ticket expired")
-        self._forget_expired(now)
-        if nonce in self._used:
-            raise TicketError("ticket already used")
-        self._used[nonce] = expiry
-        return user
+        return user, nonce, expiry
 
     def _sign(self, body: bytes) -> bytes:
         return hmac.new(self._key, body, hashlib.sha256).digest()

@@ -167,6 +167,19 @@ class Broker(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} does not number publications")
 
+    async def claim_once(self, key: str, seconds: float) -> bool:
+        """``True`` the first time ``key`` is claimed, for ``seconds``, in every process
+        this broker reaches (a ticket's single use). The base class reaches no other
+        process and keeps nothing: ``True`` (the caller keeps this process's claims).
+
+        Raises:
+            BrokerUnavailableError: the claim could not be checked.
+        """
+        return True
+
+    #: Whether :meth:`claim_once` (and publishing) reaches other processes.
+    shared = False
+
     def publish_numbered_now(self, room: str, payload: object) -> tuple[str, int] | None:
         """:meth:`publish_numbered` without waiting, for a broker that numbers in this
         process (the memory broker); ``None`` (nothing published): call that instead."""

@@ -61,7 +61,7 @@ from . import admission, deflate
 from .admission import DEFAULT_OUTGOING_BUDGET, origin_allowed
 from .auth import Tickets
 from .broker import Codec, Envelope
-from .exceptions import HandshakeError
+from .exceptions import BrokerUnavailableError, HandshakeError
 from .frames import Message
 from .node import Node
 from .registry import Registry
@@ -258,8 +258,20 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             return
         if self.current_user is None and (self._require_user or self._tickets is not None):
             raise HandshakeError(401, "authentication required", kind="auth")
+        if self._tickets is not None and self.registry.broker.shared:
+            await self._claim_ticket(self._tickets)
         self.before_upgrade(*args, **kwargs)
         await super().get(*args, **kwargs)
+
+    async def _claim_ticket(self, tickets: Tickets) -> None:
+        """A ticket this process accepted must be unused in every other one too."""
+        _, nonce, expiry = tickets.claims(self.get_query_argument("ticket", ""))
+        try:
+            first = await self.registry.broker.claim_once(f"ticket:{nonce}", expiry - time.time())
+        except BrokerUnavailableError:
+            raise HandshakeError(503, "cannot check the ticket now", kind="ticket") from None
+        if not first:
+            raise HandshakeError(401, "ticket already used", kind="ticket")
 
     def before_upgrade(self, *args: Any, **kwargs: Any) -> None:
         """Last check before the upgrade, with the URL's arguments; raise

@@ -254,6 +254,17 @@ class RedisBroker(Broker):
         self._wake_publisher.set()
         return await future
 
+    shared = True
+
+    async def claim_once(self, key: str, seconds: float) -> bool:
+        try:
+            claimed = await self._redis.set(
+                f"{self.prefix}:claim:{key}", "1", nx=True, px=max(1, int(seconds * 1000))
+            )
+        except self._errors as exc:
+            raise BrokerUnavailableError(f"redis unreachable: {exc}") from None
+        return bool(claimed)
+
     async def position(self, room: str) -> tuple[str, int]:
         keys = [self._key(room, k) for k in ("stream", "epoch", "n")]
         ttl = str(int(self.history_age * 1000))
