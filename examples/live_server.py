@@ -20,11 +20,16 @@ def authorize(user, channel, action):
     return action != "publish" or user is not None
 
 
+def signed_in_user(handler):
+    user = handler.get_signed_cookie("user")  # set by your login
+    return user.decode() if user else None
+
+
 def make_app():
     return tornado.web.Application(
         tornws.routes(
             live={"authorizer": authorize},
-            user_loader=lambda handler: handler.get_signed_cookie("user"),
+            user_loader=signed_in_user,
         ),
         cookie_secret="change me",
     )

@@ -222,3 +222,69 @@ def test_example_live_server(start_example: Any) -> None:
         assert command(ann, 1, "subscribe", channel="staff.room")["error"]["code"] == "forbidden"
         assert command(ann, 2, "publish", channel="news", data="hi")["result"]["offset"] == 1
         assert json.loads(anonymous.recv(TIMEOUT))["data"] == "hi"
+
+
+def test_example_publishing(start_example: Any) -> None:
+    """publishing.py: an HTTP handler publishes to "orders" and answers its position; a
+    worker thread publishes the time to "clock" once a second."""
+    import json
+
+    server = start_example("publishing")
+    with connect(f"{server.url}/live", subprotocols=["tornws.v1"], open_timeout=TIMEOUT) as ws:
+        for ident, channel in ((1, "orders"), (2, "clock")):
+            ws.send(json.dumps({"id": ident, "type": "subscribe", "channel": channel}))
+        replies = [json.loads(ws.recv(TIMEOUT)) for _ in range(2)]
+        assert [r["id"] for r in replies] == [1, 2]
+        request = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+        request.request("POST", "/orders", body=b'{"item": "tea"}')
+        answer = json.loads(request.getresponse().read())
+        request.close()
+        epoch, offset = answer["published"].split(":")
+        seen: dict[str, Any] = {}
+        deadline = time.monotonic() + TIMEOUT
+        while len(seen) < 2 and time.monotonic() < deadline:
+            push = json.loads(ws.recv(TIMEOUT))
+            seen.setdefault(push["channel"], push)
+        assert (seen["orders"]["epoch"], seen["orders"]["offset"]) == (epoch, int(offset))
+        assert seen["orders"]["data"] == {"item": "tea"}
+        assert isinstance(seen["clock"]["data"]["time"], int)
+
+
+def test_example_worker_publishes_through_redis(start_server: Any) -> None:
+    """worker.py: a process with no event loop publishes through Redis to a tornws serve
+    --broker; it prints the position, the subscriber gets the data, ann her notice."""
+    import json
+
+    from services import REDIS, Redis
+
+    if REDIS is None:
+        pytest.skip("no redis-server (apt-get install redis-server)")
+    pytest.importorskip("redis", reason="pip install 'tornws[redis]'")
+    redis = Redis()
+    try:
+        port = free_port()
+        server = start_server(
+            [
+                *tornws_command("serve", "--port", str(port), "--broker", redis.url),
+                *("--app", "tests.user_app:make_app"),
+            ],
+            port,
+        )
+        live = f"{server.url}/live"
+        with (
+            connect(live, subprotocols=["tornws.v1"], open_timeout=TIMEOUT) as ws,
+            connect(f"{live}?user=ann", subprotocols=["tornws.v1"], open_timeout=TIMEOUT) as ann,
+        ):
+            ws.send(json.dumps({"id": 1, "type": "subscribe", "channel": "orders"}))
+            assert json.loads(ws.recv(TIMEOUT))["id"] == 1
+            result = run(
+                [sys.executable, example("worker"), redis.url, "orders", '{"item": "tea"}'],
+                timeout=30,
+            )
+            assert result.returncode == 0, result.stderr
+            push = json.loads(ws.recv(TIMEOUT))
+            assert f"{push['epoch']}:{push['offset']}" == result.stdout.strip()
+            assert push["data"] == {"item": "tea"}
+            assert json.loads(ann.recv(TIMEOUT))["data"] == {"your order": {"item": "tea"}}
+    finally:
+        redis.stop()

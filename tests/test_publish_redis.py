@@ -244,3 +244,60 @@ async def test_a_ticket_is_single_use_across_processes(redis: Redis) -> None:
             code, log = server.stop()
             assert code == 0, log
     assert "ticket already used" in b.output
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_readme_publishing_commands_run(redis: Redis) -> None:
+    """The README's `tornws publish` and `curl` lines, as written (host, port and Redis
+    URL replaced by this test's), publish to a subscriber of `tornws serve`."""
+    import os
+    import re
+    import shutil
+    from pathlib import Path
+
+    from conftest import ROOT
+
+    if shutil.which("curl") is None:
+        pytest.skip("no curl (apt-get install curl)")
+    readme = (Path(ROOT) / "README.md").read_text()
+    section = readme.split("## Publishing from your application", 1)[1].split("\n## ", 1)[0]
+    commands = [
+        line
+        for block in re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+        for line in block.splitlines()
+        if line.startswith(("tornws publish", "curl"))
+    ]
+    assert len(commands) == 2, commands
+    port = free_port()
+    server = Server(
+        [
+            *tornws_command("serve", "--port", str(port), "--broker", redis.url),
+            *("--api-key", KEY),
+        ],
+        port,
+    )
+    try:
+        reader = await live(server)
+        await reader.command(1, "subscribe", channel="orders")
+        env = {**os.environ, "TORNWS_API_KEY": KEY}
+        outputs = []
+        for written in commands:
+            command = (
+                written.replace("redis://127.0.0.1:6379/0", redis.url)
+                .replace("127.0.0.1:8765", f"127.0.0.1:{port}")
+                .replace("tornws publish", " ".join(tornws_command("publish")))
+            )
+            result = await asyncio.get_running_loop().run_in_executor(
+                None,
+                lambda c=command: run(["bash", "-c", c], timeout=30, env=env),  # type: ignore[misc]
+            )
+            assert result.returncode == 0, (command, result.stderr)
+            outputs.append(result.stdout.strip())
+        pubs = [await reader.push() for _ in range(2)]
+        assert [p["data"] for p in pubs] == [{"item": "tea"}] * 2
+        assert outputs[0] == f"{pubs[0]['epoch']}:{pubs[0]['offset']}"
+        assert json.loads(outputs[1]) == {"epoch": pubs[1]["epoch"], "offset": pubs[1]["offset"]}
+        await reader.socket.close()
+    finally:
+        code, log = server.stop()
+    assert code == 0, log
