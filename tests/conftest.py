@@ -136,7 +136,7 @@ class Server:
     server's logging, and so the server), and returned by :meth:`stop`.
     """
 
-    def __init__(self, args: list[str], port: int) -> None:
+    def __init__(self, args: list[str], port: int, env: dict[str, str] | None = None) -> None:
         self.port = port
         self.url = f"ws://127.0.0.1:{port}"
         self.process = subprocess.Popen(
@@ -146,6 +146,7 @@ class Server:
             stdin=subprocess.DEVNULL,
             text=True,
             cwd=ROOT,
+            env={**os.environ, **env} if env else None,
         )
         self._output: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -31,6 +31,8 @@ NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").e
 REDIS = shutil.which("redis-server")
 CONFIG = Path(ROOT) / "docs" / "deploy" / "nginx.conf"
 SERVE = [sys.executable, "-m", "tornws", "serve"]
+#: TORNWS_API_KEY of both backends: the server API, reached through nginx.
+API_KEY = "the deployment's api key, long enough"
 
 
 class Deployment:
@@ -46,7 +48,11 @@ class Deployment:
         self.start_redis()
         broker = f"redis://127.0.0.1:{self.redis_port}/0"
         self.backends = [
-            Server([*SERVE, "--port", str(p), "--xheaders", "--broker", broker], p)
+            Server(
+                [*SERVE, "--port", str(p), "--xheaders", "--broker", broker],
+                p,
+                env={"TORNWS_API_KEY": API_KEY},
+            )
             for p in self.ports
         ]
         config = CONFIG.read_text()
@@ -248,3 +254,41 @@ async def test_a_redis_restart_loses_nothing_redis_acknowledged(deployment: Depl
     for code, log in deployment.close():
         assert code == 0, log
         assert "Traceback" not in log
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_publication_through_nginx_reaches_clients_on_both_backends(
+    deployment: Deployment,
+) -> None:
+    """POST /api/publish through nginx lands on one backend; /live subscribers on both
+    backends (nginx spreads them) get it, numbered once."""
+    import tornado.httpclient
+
+    subscribers = []
+    for _ in range(4):  # round robin: two on each backend
+        socket = await websockets.asyncio.client.connect(
+            f"{deployment.url}/live",
+            subprotocols=["tornws.v1"],  # type: ignore[list-item]
+        )
+        await socket.send(json.dumps({"id": 1, "type": "subscribe", "channel": "deploys"}))
+        assert "result" in json.loads(await asyncio.wait_for(socket.recv(), 10))
+        subscribers.append(socket)
+    opened = [b.output.count("open /live ") for b in deployment.backends]
+    assert all(count >= 1 for count in opened), opened
+    response = await tornado.httpclient.AsyncHTTPClient().fetch(
+        f"http://127.0.0.1:{deployment.port}/api/publish",
+        method="POST",
+        body=json.dumps({"channel": "deploys", "data": {"version": "1.2.3"}}),
+        headers={"X-API-Key": API_KEY},
+    )
+    position = json.loads(response.body)
+    for socket in subscribers:
+        push = json.loads(await asyncio.wait_for(socket.recv(), 10))
+        assert (push["offset"], push["data"]) == (position["offset"], {"version": "1.2.3"})
+        await socket.close()
+    unauthorized = await tornado.httpclient.AsyncHTTPClient().fetch(
+        f"http://127.0.0.1:{deployment.port}/api/channels", raise_error=False
+    )
+    assert unauthorized.code == 401
+    for backend in deployment.backends:
+        assert API_KEY not in backend.output
