@@ -326,3 +326,38 @@ def test_bench_counts_instructions_per_delivery(tmp_path: Path) -> None:
     assert figures["tornws"]["200"] > figures["floor"]["200"]
     assert "user-space instructions per delivery (callgrind" in result.stdout
     assert "spread" in result.stdout
+
+
+def test_bench_publish_paths_across_two_processes(tmp_path: Path) -> None:
+    """--redis: publications from a /live client, the HTTP API and a Publisher, one at a
+    time and 16 at once, to subscribers on the other process: every line on the cluster
+    only, every publication reaching every subscriber (the run checks it), latencies."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("--redis needs redis-server (apt-get install redis-server)")
+    pytest.importorskip("picows", reason="tornws bench needs the bench extra (picows)")
+    pytest.importorskip("redis", reason="--redis needs redis-py (the redis extra)")
+    out = tmp_path / "p.json"
+    result = run(
+        tornws_command(
+            "bench",
+            *("--quick", "--only", "tornws", "--redis", "--workloads", "publish"),
+            *("--json", str(out)),
+        ),
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    names = [w["name"] for w in data["workloads"]]
+    assert names == [
+        f"publish via {how} {mode}"
+        for how in ("live", "http", "publisher")
+        for mode in ("paced", "×16")
+    ]
+    assert data["subjects"]["tornws"]["results"] == {}
+    lines = data["subjects"]["tornws×2+redis"]["results"]
+    for name in names:
+        line = lines[name]
+        assert line["units"] == (10 if name.endswith("paced") else 40), name
+        assert line["server_cpu_s"] > 0 and line["p99_ms"] >= line["p50_ms"] > 0

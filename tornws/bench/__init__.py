@@ -32,6 +32,8 @@ __all__ = ["DEFLATE_BASELINE", "Plan", "Workload", "machine", "main", "plan", "r
 
 #: The baseline of the permessage-deflate workloads (``--deflate``).
 DEFLATE_BASELINE = "asyncio+deflate"
+#: Publications at once in the throughput lines of the publish paths (``--redis``).
+PUBLISH_IN_FLIGHT = 16
 
 
 @dataclass(frozen=True)
@@ -72,23 +74,28 @@ class Plan:
     #: of the fill line.
     live: tuple[int, int] = (0, 0)
     live_fill: int = 0
+    #: ``--redis``: (subscribers on the other process, publications one at a time,
+    #: publications with :data:`PUBLISH_IN_FLIGHT` at once) of the publish-path lines.
+    publish: tuple[int, int, int] = (0, 0, 0)
 
 
-def plan(quick: bool, scale: bool = False, deflate: bool = False) -> Plan:
+def plan(quick: bool, scale: bool = False, deflate: bool = False, redis: bool = False) -> Plan:
     """The full plan (under 15 minutes here) or the quick one (under a minute, for CI).
 
     ``scale`` adds a paced broadcast to 10,000 receivers (500 with ``quick``);
-    ``deflate`` the permessage-deflate workloads, to 1000 receivers (100).
+    ``deflate`` the permessage-deflate workloads, to 1000 receivers (100); ``redis``
+    the publish paths across two processes (to 100 subscribers; 20).
     """
     if quick:
         return Plan(
             True, 0.3, (100, 200), (10, 10), 100, 200, 500 if scale else 0, 100 if deflate else 0,
             chat_sizes=((100, 10),), live=(100, 10), live_fill=200,
+            publish=(20, 10, 40) if redis else (0, 0, 0),
         )  # fmt: skip
     return Plan(
         False, 4.0, (1000, 5000), (200, 50), 2000, 5000, 10_000 if scale else 0,
         1000 if deflate else 0, rounds=3, chat_sizes=((1000, 200),), live=(1000, 200),
-        live_fill=10_000,
+        live_fill=10_000, publish=(100, 200, 2000) if redis else (0, 0, 0),
     )  # fmt: skip
 
 
@@ -141,6 +148,16 @@ def _workloads(p: Plan) -> list[Workload]:
             grow(receivers, messages, paced),
             "chat",
             route=route,
+        )
+
+    def publish_line(how: str, paced: bool) -> Callable[..., Any]:
+        subscribers, one_by_one, at_once = p.publish
+        return lambda server, fanout: load.publish_path(
+            server,
+            how,
+            one_by_one if paced else at_once,
+            subscribers,
+            1 if paced else PUBLISH_IN_FLIGHT,
         )
 
     def deflate_memory(server: Any, fanout: load.Fanout) -> Any:
@@ -218,6 +235,17 @@ def _workloads(p: Plan) -> list[Workload]:
             if p.live[0]
             else []
         ),
+        *(
+            Workload(
+                f"publish via {how} {'paced' if paced else f'×{PUBLISH_IN_FLIGHT}'}",
+                "publication",
+                publish_line(how, paced),
+                "publish",
+            )
+            for how in ("live", "http", "publisher")
+            for paced in (True, False)
+            if p.publish[0]
+        ),
         Workload(
             f"handshake ×{p.handshakes}",
             "handshake",
@@ -278,7 +306,11 @@ async def _run_subject(
         try:
             for workload in workloads:
                 groups = getattr(subject, "groups", ())
-                if workload.group not in groups if groups else workload.group == "deflate":
+                if (
+                    workload.group not in groups
+                    if groups
+                    else workload.group in ("deflate", "publish")
+                ):
                     continue
                 progress(f"{subject.name}: {workload.name}")
                 if workload.fresh and running.process is not None and results["results"]:
@@ -314,13 +346,14 @@ async def run(
     deflate: bool = False,
     *,
     select: str | None = None,
+    redis: bool = False,
 ) -> dict[str, Any]:
     """Run every workload (``select``: those whose name matches that regular expression)
     on every subject; return the report (see ``--json``)."""
     from .subjects import raise_open_files_limit
 
     limit = raise_open_files_limit()
-    p = plan(quick, scale, deflate)
+    p = plan(quick, scale, deflate, redis)
     needed = max(*p.broadcast_sizes, p.scale, p.live_fill) + 64
     if limit < needed:
         raise ConfigError(f"the open-files hard limit is {limit}; the bench needs {needed}")
@@ -431,7 +464,7 @@ def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int
             import redis  # noqa: F401
         except ImportError:
             raise ConfigError("--redis needs redis-py: pip install -e '.[redis]'") from None
-        subjects.append(Cluster("tornws×2+redis", groups=("fanout",)))
+        subjects.append(Cluster("tornws×2+redis", groups=("fanout", "publish")))
     if args.url:
         if not args.pid:
             raise ConfigError("--url needs --pid: the server's process id, to read its CPU time")
@@ -450,7 +483,17 @@ def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int
     except ImportError:
         runner = asyncio.run
     select = getattr(args, "workloads", None)
-    report = runner(run(subjects, args.quick, progress, args.scale, args.deflate, select=select))
+    report = runner(
+        run(
+            subjects,
+            args.quick,
+            progress,
+            args.scale,
+            args.deflate,
+            select=select,
+            redis=bool(args.redis),
+        )
+    )
     for counter in ("allocations", "instructions"):
         if getattr(args, counter, False):
             report[counter] = runner(

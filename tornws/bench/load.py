@@ -38,6 +38,7 @@ __all__ = [
     "live_fill",
     "live_memory",
     "open_connections",
+    "publish_path",
 ]
 
 #: How long any single wait may take before the workload is declared stuck.
@@ -750,3 +751,146 @@ async def live_fill(server: Running, count: int, concurrency: int = 100) -> Meas
     finally:
         await close_all(clients)
     return result
+
+
+#: The channel the publish-path workloads publish to, and their API key (``--redis``).
+PUBLISH_CHANNEL = "bench.pub"
+BENCH_API_KEY = "tornws-bench-api-key-not-secret"
+
+
+async def publish_path(
+    server: Running, how: str, messages: int, subscribers: int, in_flight: int = 1
+) -> Measurement:
+    """Publications from outside a tornws process to ``subscribers`` /live subscribers of
+    the *other* process of a two-process cluster (``--redis``): ``how`` is ``"live"``
+    (a /live client of the first process: the in-process path), ``"http"`` (``POST
+    /api/publish`` to the first process) or ``"publisher"`` (:class:`tornws.Publisher`,
+    synchronous, in threads, straight to Redis). With ``in_flight`` 1, one at a time:
+    the latency from the publish call to the last subscriber; with more, that many at
+    once: the throughput. The figure is the CPU of both servers and Redis per
+    publication (each one is delivered ``subscribers`` times)."""
+    urls: list[str] = getattr(server, "urls", None) or [server.url]
+    if len(urls) < 2:
+        raise CheckFailed("the publish-path workloads need the --redis cluster")
+    redis_url = next(p.url for p in getattr(server, "parts", ()) if p.url.startswith("redis"))
+    result = Measurement("publication")
+    received = [0] * messages
+    sent_at = [0.0] * messages
+    done = asyncio.Event()
+    finished = replies = 0
+
+    def on_push(client: Client, kind: WSMsgType, frame: WSFrame) -> None:
+        nonlocal finished, replies
+        payload = frame.get_payload_as_bytes()
+        if payload.startswith(b'{"id"'):  # (a subscribe result)
+            replies += 1
+            return
+        index = int(json.loads(payload)["data"])
+        received[index] += 1
+        if received[index] == subscribers:
+            result.latencies.append(time.perf_counter() - sent_at[index])
+            finished += 1
+            if finished == messages:
+                done.set()
+
+    readers = await open_connections(
+        f"{urls[1]}/live", subscribers, on_push, headers=_live_headers()
+    )
+    subscribe = f'{{"id": 0, "type": "subscribe", "channel": "{PUBLISH_CHANNEL}"}}'.encode()
+    for reader in readers:
+        reader.send(WSMsgType.TEXT, subscribe)
+    await _wait(lambda: replies >= subscribers, f"{subscribers} subscribe results")
+    gate = asyncio.Semaphore(in_flight)
+    send, cleanup = await _publish_sender(how, urls[0], redis_url, in_flight)
+
+    async def one(index: int) -> None:
+        async with gate:
+            sent_at[index] = time.perf_counter()
+            await send(index)
+            if in_flight == 1:  # one at a time: the next after the last subscriber got it
+                while received[index] < subscribers:
+                    await asyncio.sleep(0.0005)
+
+    window = _Window(server, result)
+    window.start()
+    try:
+        await asyncio.gather(*(one(index) for index in range(messages)))  # (gated, in order)
+        await asyncio.wait_for(done.wait(), STUCK)
+    except asyncio.TimeoutError:
+        missing = sum(subscribers - r for r in received)
+        raise CheckFailed(f"publish via {how}: {missing} deliveries missing") from None
+    finally:
+        window.stop()
+        await cleanup()
+        await close_all(readers)
+    result.units = messages
+    return result
+
+
+async def _publish_sender(
+    how: str, url: str, redis_url: str, in_flight: int
+) -> tuple[Callable[[int], Any], Callable[[], Any]]:
+    """``(send(index) coroutine function, cleanup() coroutine function)`` publishing
+    ``index`` to :data:`PUBLISH_CHANNEL` the ``how`` way (see :func:`publish_path`)."""
+    import concurrent.futures
+
+    loop = asyncio.get_running_loop()
+    if how == "live":
+        acked: dict[int, asyncio.Future[None]] = {}
+
+        def on_reply(client: Client, kind: WSMsgType, frame: WSFrame) -> None:
+            ident = int(json.loads(frame.get_payload_as_bytes()).get("id", -1))
+            future = acked.pop(ident, None)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+        (client,) = await open_connections(f"{url}/live", 1, on_reply, headers=_live_headers())
+
+        async def send_live(index: int) -> None:
+            acked[index] = loop.create_future()
+            command = {"id": index, "type": "publish", "channel": PUBLISH_CHANNEL, "data": index}
+            client.send(WSMsgType.TEXT, json.dumps(command).encode())
+            await asyncio.wait_for(acked[index], STUCK)
+
+        async def close_live() -> None:
+            await close_all([client])
+
+        return send_live, close_live
+    if how == "http":
+        import tornado.httpclient
+
+        http = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=in_flight)
+        api = url.replace("ws://", "http://") + "/api/publish"
+
+        async def send_http(index: int) -> None:
+            await http.fetch(
+                api,
+                method="POST",
+                body=json.dumps({"channel": PUBLISH_CHANNEL, "data": index}),
+                headers={"X-API-Key": BENCH_API_KEY},
+                request_timeout=STUCK,
+            )
+
+        async def close_http() -> None:
+            http.close()
+
+        return send_http, close_http
+    from ..publisher import Publisher
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=in_flight)
+    publishers = [Publisher(redis_url) for _ in range(in_flight)]
+    idle = list(publishers)
+
+    async def send_publisher(index: int) -> None:
+        publisher = idle.pop()
+        try:
+            await loop.run_in_executor(pool, publisher.publish, PUBLISH_CHANNEL, index)
+        finally:
+            idle.append(publisher)
+
+    async def close_publishers() -> None:
+        pool.shutdown(wait=False)
+        for publisher in publishers:
+            publisher.close()
+
+    return send_publisher, close_publishers

@@ -254,8 +254,11 @@ class Cluster(Subject):
             os.sched_setaffinity(redis.pid, {cpu})
         store = Running(self, f"redis://127.0.0.1:{port}", redis.pid, redis)
         store.wait_listening(port)
+        from .load import BENCH_API_KEY
+
         command = [sys.executable, "-m", "tornws", "serve", "--port", "{port}"]
         broker = ["--broker", f"redis://127.0.0.1:{port}/0", "--log-level", "warning"]
+        broker += ["--api-key", BENCH_API_KEY]  # (the publish-path workloads' HTTP API)
         servers = [
             Subject(f"{self.name}-{i}", [*command, *broker]).start(cpu)
             for i in range(self.processes)
