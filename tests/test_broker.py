@@ -173,3 +173,27 @@ def test_history_is_bounded_in_bytes_and_unkept_messages_end_it() -> None:
     broker.publish("r", Message("after"))
     assert broker.since("r", epoch, 10) is None  # 11 was not kept: no resume across it
     assert broker.since("r", epoch, 11) == seen[11:]
+
+
+def test_memory_broker_presence_is_this_process_entries_at_once() -> None:
+    """presence_add/remove keep entries per room in the order added; presence_now answers
+    at once with all of them (a memory broker holds all there is), as do the awaitables;
+    a key added again replaces its entry; removing what is not there is nothing."""
+    import asyncio
+
+    broker, _ = attached()
+    broker.presence_add("r", "c-1", "ann")
+    broker.presence_add("r", "c-2", {"id": "c-2", "user": None, "info": None})
+    broker.presence_add("other", "c-1", "ann")
+    broker.presence_add("r", "c-1", "ann2")
+    assert broker.presence_now("r") == ["ann2", {"id": "c-2", "user": None, "info": None}]
+    assert asyncio.run(broker.presence("r")) == broker.presence_now("r")
+    assert asyncio.run(broker.presence_count("r")) == 2
+    broker.presence_remove("r", "c-1")
+    broker.presence_remove("r", "nobody")
+    broker.presence_remove("nowhere", "c-1")
+    assert broker.presence_now("r") == [{"id": "c-2", "user": None, "info": None}]
+    broker.presence_remove("r", "c-2")
+    assert broker.presence_now("r") == [] and asyncio.run(broker.presence_count("r")) == 0
+    assert broker.presence_local("other") == ["ann"]
+    assert broker._presence.keys() == {"other"}  # (an emptied room costs nothing)

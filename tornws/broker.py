@@ -22,6 +22,19 @@ Contract for a broker:
   the history lasts), the room gets a new epoch and offsets start again at 1.
 - :meth:`Broker.since` returns exactly the envelopes after a position, or
   ``None`` when it cannot: never part of them.
+
+Presence: who is in a room, across every process the broker reaches. A handler
+calls :meth:`Broker.presence_add` when a member should be listed (a chat user
+once greeted, a ``/live`` subscription) and :meth:`Broker.presence_remove` when
+it leaves, with a ``key`` unique in the room within this process (its connection
+id) and a JSON-able ``entry`` (what is listed: a nick, ``{"id", "user",
+"info"}``). Both return at once. :meth:`Broker.presence` lists every process's
+entries, :meth:`Broker.presence_count` counts them (cheaply), and
+:meth:`Broker.presence_now` answers without waiting when the broker can (the
+memory broker: its entries are all there is). The base class keeps this
+process's entries in dicts; a broker that spans processes shares them, and
+removes the entries of a process that died without saying goodbye (see
+:mod:`tornws.redis_broker`).
 """
 
 from __future__ import annotations
@@ -29,10 +42,11 @@ from __future__ import annotations
 import abc
 import collections
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Awaitable
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from .frames import Message
 
@@ -45,6 +59,8 @@ __all__ = [
     "Envelope",
     "MemoryBroker",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Messages a room keeps for clients that reconnect.
 DEFAULT_HISTORY = 1000
@@ -126,6 +142,9 @@ class Broker(abc.ABC):
 
     def __init__(self) -> None:
         self._deliver: Deliver | None = None
+        #: room -> key -> entry: this process's presence entries, in the order added.
+        self._presence: dict[str, dict[str, Any]] = {}
+        self._at_close: list[Callable[[], object]] = []
 
     def attach(self, deliver: Deliver) -> None:
         """Called once by the registry with the function that delivers locally."""
@@ -194,11 +213,66 @@ class Broker(abc.ABC):
         delivered here, or ``None`` when they already are (the memory broker)."""
         return None
 
+    # Presence
+
+    def presence_add(self, room: str, key: str, entry: Any) -> None:
+        """List ``entry`` (JSON-able) in ``room``'s presence under ``key`` (unique in the
+        room within this process: a connection id), replacing what ``key`` had; returns
+        at once (a broker that spans processes writes it in the background)."""
+        entries = self._presence.get(room)
+        if entries is None:
+            entries = self._presence[room] = {}
+        entries[key] = entry
+
+    def presence_remove(self, room: str, key: str) -> None:
+        """Stop listing ``key`` in ``room``'s presence (nothing if it is not listed)."""
+        entries = self._presence.get(room)
+        if entries is not None:
+            entries.pop(key, None)
+            if not entries:
+                del self._presence[room]
+
+    def presence_local(self, room: str) -> list[Any]:
+        """This process's entries of ``room``, in the order they were added."""
+        entries = self._presence.get(room)
+        return list(entries.values()) if entries is not None else []
+
+    def presence_now(self, room: str) -> list[Any] | None:
+        """Every entry of ``room`` without waiting, when this process holds them all (the
+        base class and the memory broker: the same as :meth:`presence_local`); ``None``
+        when they must be read elsewhere: await :meth:`presence` instead."""
+        return self.presence_local(room)
+
+    async def presence(self, room: str) -> list[Any]:
+        """Every process's entries of ``room``: this process's first, in the order added.
+        A broker that cannot reach the others answers with this process's (and logs it);
+        it never waits long."""
+        return self.presence_local(room)
+
+    async def presence_count(self, room: str) -> int:
+        """How many entries ``room`` has in every process, without listing them."""
+        entries = self._presence.get(room)
+        return len(entries) if entries is not None else 0
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect to whatever carries the messages; the memory broker needs nothing."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections and tasks."""
+        """Release connections and tasks (a broker that publishes elsewhere first calls the
+        :meth:`at_close` callbacks, then sends what is queued)."""
+
+    def at_close(self, callback: Callable[[], object]) -> None:
+        """Have ``callback`` called when :meth:`close` begins, before the last messages go
+        out: for publishers that hold messages back (/live's coalesced presence pushes)."""
+        self._at_close.append(callback)
+
+    def _closing(self) -> None:
+        callbacks, self._at_close = self._at_close, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("%r raised while the broker was closing", callback)
 
 
 class _RoomHistory:
@@ -242,6 +316,9 @@ class MemoryBroker(Broker):
     ``history=0`` keeps nothing (every room then gets a new epoch whenever it
     empties); ``publish(..., keep=False)`` keeps that message out, which also
     ends what could be resumed before it.
+
+    Presence is the base class's: this process's entries, which are all there are;
+    :meth:`presence_now` answers every time.
     """
 
     def __init__(

@@ -325,10 +325,13 @@ class ChatHandler(WebSocketHandler):
         if self.since is not None:
             self._waiting = []  # (before joining: not on the direct path until greeted)
         registry.join(self.room, self)
-        ready = registry.broker.ready(self.room)
+        broker = registry.broker
+        ready = broker.ready(self.room)
         if ready is None and self.since is None:
-            self._greet(None)
-            return None
+            others = broker.presence_now(self.room)  # (the memory broker: at once)
+            if others is not None:
+                self._greet(None, others)
+                return None
         if self._waiting is None:
             self._waiting = []
             registry.update(self)
@@ -343,21 +346,27 @@ class ChatHandler(WebSocketHandler):
                     "room %r not ready after %.0f s: greeting anyway", self.room, READY_TIMEOUT
                 )
         missed = None
+        broker = self.registry.broker
         if self.since is not None:
-            missed = await self.registry.broker.recover(self.room, *self.since)
+            missed = await broker.recover(self.room, *self.since)
+        others = await broker.presence(self.room)  # every process's (not this one yet)
         if self.ws_connection is None or self.ws_connection.is_closing():
             return
-        self._greet(missed)
+        self._greet(missed, others)
 
-    def _greet(self, missed: list[Envelope] | None) -> None:
-        """Presence (or the plain-text welcome), what was missed, then our own join."""
+    def _greet(self, missed: list[Envelope] | None, others: list[Any]) -> None:
+        """Presence (``others`` and us; or the plain-text welcome), what was missed, then
+        our own join, listed in the room's presence from now on."""
+        nicks = [nick for nick in others if isinstance(nick, str)]
+        nicks.append(self.nick)
+        self.registry.broker.presence_add(self.room, self.connection_id, self.nick)
         if self.codec is JSON:
-            self.send(presence_event(self.room, self.nicks()))
+            self.send(presence_event(self.room, nicks))
             if self.since is not None:
                 self._replay(missed)
         else:
-            others = ", ".join(sorted(self.nicks()))
-            self.send(Message(f"* you are {self.nick} in {self.room}; here: {others}"))
+            here = ", ".join(sorted(nicks))
+            self.send(Message(f"* you are {self.nick} in {self.room}; here: {here}"))
         waiting, self._waiting = self._waiting, None
         for envelope in waiting or ():
             self.deliver(envelope)
@@ -366,32 +375,47 @@ class ChatHandler(WebSocketHandler):
         self.publish("join")
         self._joined = True
 
-    def on_message(self, message: str | bytes) -> None:
+    def on_message(self, message: str | bytes) -> Awaitable[None] | None:
         if isinstance(message, bytes):
             if self.codec is JSON:
                 self.send(error_event("unsupported_data", "send text, not binary"))
             else:
                 self.close(CloseCode.UNSUPPORTED_DATA, "the chat takes text messages only")
-            return
+            return None
         if self.codec is TEXT:
             line = TEXT.decode(message)
             if line:
                 self.publish("message", line)
-            return
+            return None
         try:
             body = JSON.decode(message)
         except ChatInputError as exc:
             self.send(error_event(exc.code, exc.detail))
-            return
+            return None
         if body["type"] == "message":
             self.publish("message", body["text"])
-        else:  # "presence"
-            self.send(presence_event(self.room, self.nicks()))
+            return None
+        # "presence"
+        nicks = self.registry.broker.presence_now(self.room)  # (the memory broker: at once)
+        if nicks is None:
+            return self._send_presence()
+        self.send(presence_event(self.room, nicks))
+        return None
+
+    async def _send_presence(self) -> None:
+        nicks = await self.all_nicks()
+        self.send(presence_event(self.room, nicks))
 
     def on_close(self) -> None:
         # (A connection that closed before its greeting never said it joined.)
-        if self.room and self.registry.leave(self.room, self) and self._joined:
-            self.publish("leave")
+        if not self.room:
+            return
+        left = self.registry.leave(self.room, self)
+        if self._joined:
+            self._joined = False
+            self.registry.broker.presence_remove(self.room, self.connection_id)  # (first)
+            if left:
+                self.publish("leave")
 
     def _replay(self, missed: list[Envelope] | None) -> None:
         """Send what was missed since :attr:`since`, then ``resumed``."""
@@ -413,8 +437,14 @@ class ChatHandler(WebSocketHandler):
         self.registry.broker.publish(self.room, event)  # stamped there, then delivered here
 
     def nicks(self) -> list[str]:
-        """The nicks of the room's local members."""
+        """The nicks of the room's members in this process (see :meth:`all_nicks`)."""
         return [m.nick for m in self.registry.members(self.room) if isinstance(m, ChatHandler)]
+
+    async def all_nicks(self) -> list[str]:
+        """The nicks of the room's greeted members in every process the broker reaches
+        (one per connection): what the ``presence`` event lists."""
+        entries = await self.registry.broker.presence(self.room)
+        return [nick for nick in entries if isinstance(nick, str)]
 
     def direct_delivery(self) -> tuple[Codec, Transport] | None:
         """The registry's shortcut once the connection is greeted and past what it

@@ -114,6 +114,16 @@ _ID_PREFIX = os.urandom(4).hex()
 _ids = itertools.count(1)
 
 
+def _new_id_prefix() -> None:
+    # A forked worker (`tornws serve --workers`) gets ids of its own, not its parent's.
+    global _ID_PREFIX  # noqa: PLW0603 - the one module state a fork must not share
+    _ID_PREFIX = os.urandom(4).hex()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_id_prefix)
+
+
 def _retrieve(future: Any) -> None:
     # A write that failed because the peer went away is not an error worth an
     # "exception was never retrieved" log: the close is handled by on_close.

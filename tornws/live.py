@@ -12,7 +12,8 @@ pushes without an id, ``{"type": "pub", "channel", "epoch", "offset", "data"}``.
   ``publications``;
 - ``unsubscribe`` (``channel``) → ``{}``;
 - ``publish`` (``channel``, ``data``: any JSON) → ``{"epoch", "offset"}``;
-- ``presence`` (``channel``) → ``{"count", "members"}``.
+- ``presence`` (``channel``) → ``{"count", "members"}``, of every process the
+  broker reaches (:meth:`Broker.presence <tornws.broker.Broker.presence>`).
 
 Channels are rooms of the application's :class:`~tornws.registry.Registry`
 (``live:<channel>``), so they ride its broker (memory or Redis), keep its
@@ -264,6 +265,14 @@ class _Announcer:
         self._pending: dict[str, list[tuple[str, Any]]] = {}
         self._last: dict[str, float] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        # The changes held back go out when the broker closes (the leaves of a drain).
+        registry.broker.at_close(self.flush_all)
+
+    def flush_all(self) -> None:
+        """Push every held-back change now."""
+        for channel, timer in list(self._timers.items()):
+            timer.cancel()
+            self._flush(channel)
 
     def announce(self, channel: str, kind: str, member: dict[str, Any]) -> None:
         self._pending.setdefault(channel, []).append((kind, member))
@@ -320,6 +329,7 @@ class LiveHandler(WebSocketHandler):
     authorizer: Callable[[Any, str, str], bool] = staticmethod(allow_public)
     max_subscriptions = DEFAULT_MAX_SUBSCRIPTIONS
     _subscriptions: dict[str, Subscription] | None = None
+    _last_entry: dict[str, Any] | None = None
 
     def initialize(
         self,
@@ -441,11 +451,14 @@ class LiveHandler(WebSocketHandler):
         subscription = subscriptions[channel] = Subscription(self, channel, presence)
         listener = subscription.listener
         registry = self.registry
-        registry.join(channel_room(channel), subscription)
+        room = channel_room(channel)
+        registry.join(room, subscription)
         if listener is not None:
             registry.join(_PRESENCE_ROOM + channel, listener)
         if not channel.startswith("#"):  # (a user's channel has no presence)
-            _announcer(registry).announce(channel, "join", self.presence_entry())
+            entry = self._shared_entry()
+            registry.broker.presence_add(room, self.connection_id, entry)
+            _announcer(registry).announce(channel, "join", entry)
         return self._answer_subscribe(ident, subscription, position)
 
     async def _answer_subscribe(
@@ -521,13 +534,17 @@ class LiveHandler(WebSocketHandler):
             return
         self._reply(ident, result={"epoch": epoch, "offset": offset})
 
-    def _presence(self, ident: int, command: dict[str, Any]) -> None:
+    def _presence(self, ident: int, command: dict[str, Any]) -> Awaitable[None] | None:
         channel = self._channel(command, "presence")
-        members = [
-            m.handler.presence_entry()
-            for m in self.registry.members(channel_room(channel))
-            if isinstance(m, Subscription)
-        ]
+        room = channel_room(channel)
+        members = self.registry.broker.presence_now(room)  # (the memory broker: at once)
+        if members is None:
+            return self._answer_presence(ident, room)
+        self._reply(ident, result={"count": len(members), "members": members})
+        return None
+
+    async def _answer_presence(self, ident: int, room: str) -> None:
+        members = await self.registry.broker.presence(room)  # every process's
         self._reply(ident, result={"count": len(members), "members": members})
 
     # Helpers
@@ -556,14 +573,27 @@ class LiveHandler(WebSocketHandler):
         subscription = subscriptions.pop(channel)
         listener = subscription.listener
         registry = self.registry
-        registry.leave(channel_room(channel), subscription)
+        room = channel_room(channel)
+        registry.leave(room, subscription)
         if listener is not None:
             registry.leave(_PRESENCE_ROOM + channel, listener)
-        if announce and not channel.startswith("#"):
-            _announcer(registry).announce(channel, "leave", self.presence_entry())
+        if not channel.startswith("#"):  # (a user's channel has no presence)
+            registry.broker.presence_remove(room, self.connection_id)  # (before its leave)
+            if announce:
+                _announcer(registry).announce(channel, "leave", self.presence_entry())
+
+    def _shared_entry(self) -> dict[str, Any]:
+        """:meth:`presence_entry`, as the same object for every subscription while it
+        gives the same value (a subscription's entry costs no dict of its own)."""
+        entry = self.presence_entry()
+        if entry == self._last_entry:
+            return self._last_entry
+        self._last_entry = entry
+        return entry
 
     def presence_entry(self) -> dict[str, Any]:
-        """This connection as presence shows it: ``{"id", "user", "info"}``."""
+        """This connection as presence shows it: ``{"id", "user", "info"}``; what it
+        gives when a subscription joins is what its join push and ``presence`` show."""
         user = self.current_user
         return {
             "id": self.connection_id,

@@ -20,6 +20,31 @@ room's new epoch if Redis lost its data (a restart without persistence). A
 client joining a room its process does not read yet, while Redis is down, is
 greeted after 2 s anyway; the room is read once Redis is back.
 
+Presence (:meth:`Broker.presence_add <tornws.broker.Broker.presence_add>` and the
+rest): each process gets a random id when it starts. Its entries are fields
+``<process id>:<key>`` of one hash per room, ``<prefix>:presence:<room>``, whose
+values are the entries' JSON; they are written by the publishing task, in the
+same pipeline and order as the publishes (a join costs no round trip of its
+own, and a leave published after its removal cannot be read before it). A
+process proves it is alive with ``<prefix>:alive:<process id>``, which expires
+:data:`PRESENCE_TTL` seconds after its last heartbeat (one every
+:data:`HEARTBEAT_INTERVAL`), and with its score in ``<prefix>:processes`` (when
+that key expires). A read lists this process's own entries from memory and the
+others' from Redis, leaving out those of processes whose key is gone.
+
+After each heartbeat a process sweeps: one Lua script finds the processes whose
+key expired, deletes their entries and returns them, atomically, so exactly one
+process gets each list and announces those members' leaves (:meth:`RedisBroker.announce`:
+a ``/live`` leave push, a chat ``leave`` event per nick). The members of a
+process that died without a goodbye (``kill -9``, a lost machine) are thus gone
+within :data:`PRESENCE_CRASH_BOUND` seconds (8), everywhere. A clean shutdown
+(:meth:`RedisBroker.close`, after the drain) deletes what is left of its own at
+once. A process that was taken for dead but was not (cut off from Redis for
+longer than the TTL) writes its entries again when it is back, and announces
+their joins. When Redis is unreachable, presence is this process's entries
+(logged); a read never waits more than :data:`PRESENCE_TIMEOUT`. The scripts
+name keys they compute: a single Redis server, not Redis Cluster.
+
 The broker's tasks run between ``await broker.start()`` and ``await
 broker.close()``: :func:`tornws.serve` does both; an application that serves
 itself must too.
@@ -29,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -40,12 +66,36 @@ from .broker import DEFAULT_HISTORY, DEFAULT_HISTORY_AGE, Broker, Envelope
 from .chat import ChatEvent
 from .exceptions import BrokerUnavailableError
 from .frames import Message
+from .live import _PRESENCE_ROOM as _LIVE_PRESENCE_ROOM
+from .live import _ROOM as _LIVE_ROOM
 from .live import PresenceChange, Publication
 from .node import Disconnect
 
-__all__ = ["PUBLISH_SCRIPT", "RedisBroker", "decode_payload", "encode_payload", "publish_call"]
+__all__ = [
+    "HEARTBEAT_INTERVAL",
+    "PRESENCE_CRASH_BOUND",
+    "PRESENCE_TIMEOUT",
+    "PRESENCE_TTL",
+    "PUBLISH_SCRIPT",
+    "RedisBroker",
+    "decode_payload",
+    "encode_payload",
+    "publish_call",
+]
 
 log = logging.getLogger(__name__)
+
+#: Seconds a process's liveness key lives after its last heartbeat: a process not heard
+#: from for that long is dead, its presence entries are no longer listed and are swept.
+PRESENCE_TTL = 6.0
+#: Seconds between two heartbeats of a process; each is followed by a sweep of the dead.
+HEARTBEAT_INTERVAL = 2.0
+#: Seconds within which the members of a process that died without a goodbye are removed
+#: and their leaves published: its key's TTL after its last heartbeat, then a survivor's
+#: next sweep (while Redis is reachable and the survivors' loops are not stalled).
+PRESENCE_CRASH_BOUND = PRESENCE_TTL + HEARTBEAT_INTERVAL
+#: Seconds a presence read waits for Redis before answering with this process's entries.
+PRESENCE_TIMEOUT = 1.0
 
 # KEYS: stream, epoch, counter. ARGV: payload, a fresh epoch, maxlen, ttl in ms, keep ("1"
 # or "0": a message not to keep still goes through the stream, every process reads it there,
@@ -79,6 +129,159 @@ if not epoch then
 end
 return {epoch, tonumber(redis.call('GET', KEYS[3]) or '0')}
 """
+
+# Presence. A process's index, <prefix>:presence-of:<process id>, holds "<room>\n<key>" for
+# each of its entries, so that removing a process costs its own entries only.
+
+# The Lua function that removes a process: its entries (returned, appended to `out` as
+# room, count, value...), its index, its liveness key, its score.
+_REMOVE = """
+local function remove(prefix, pid, out)
+  local index = prefix .. ':presence-of:' .. pid
+  local rooms, order = {}, {}
+  for _, member in ipairs(redis.call('SMEMBERS', index)) do
+    local room, key = string.match(member, '^(.*)\\n([^\\n]*)$')
+    if room then
+      local hash = prefix .. ':presence:' .. room
+      local field = pid .. ':' .. key
+      local value = redis.call('HGET', hash, field)
+      if value then
+        redis.call('HDEL', hash, field)
+        if not rooms[room] then
+          rooms[room] = {}
+          order[#order + 1] = room
+        end
+        table.insert(rooms[room], value)
+      end
+    end
+  end
+  redis.call('DEL', index, prefix .. ':alive:' .. pid)
+  redis.call('ZREM', prefix .. ':processes', pid)
+  for _, room in ipairs(order) do
+    out[#out + 1] = room
+    out[#out + 1] = #rooms[room]
+    for _, value in ipairs(rooms[room]) do
+      out[#out + 1] = value
+    end
+  end
+end
+local now = redis.call('TIME')
+local millis = now[1] * 1000 + math.floor(now[2] / 1000)
+"""
+
+# KEYS: the room's hash, the process's index. ARGV: field, value (JSON), index member.
+_PRESENCE_ADD = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('SADD', KEYS[2], ARGV[3])
+"""
+
+# KEYS: the room's hash, the process's index. ARGV: field, index member.
+_PRESENCE_REMOVE = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+return redis.call('SREM', KEYS[2], ARGV[2])
+"""
+
+# KEYS: the room's hash. ARGV: prefix, own process id. The values of the other processes'
+# fields whose liveness key exists.
+_PRESENCE_READ = """
+local flat = redis.call('HGETALL', KEYS[1])
+local alive, out = {}, {}
+for i = 1, #flat, 2 do
+  local pid = string.match(flat[i], '^([^:]*):')
+  if pid and pid ~= ARGV[2] then
+    local ok = alive[pid]
+    if ok == nil then
+      ok = redis.call('EXISTS', ARGV[1] .. ':alive:' .. pid) == 1
+      alive[pid] = ok
+    end
+    if ok then
+      out[#out + 1] = flat[i + 1]
+    end
+  end
+end
+return out
+"""
+
+# KEYS: the liveness key, the processes. ARGV: process id, ttl in ms. 1 if the process was
+# not registered (its first heartbeat; or it was swept, or Redis lost its data).
+_HEARTBEAT = """
+local now = redis.call('TIME')
+local millis = now[1] * 1000 + math.floor(now[2] / 1000)
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+return redis.call('ZADD', KEYS[2], millis + tonumber(ARGV[2]), ARGV[1])
+"""
+
+# KEYS: the processes. ARGV: prefix, own process id. Removes every other process whose
+# liveness ended (its score passed and its key is gone) and returns what it removed; leaves
+# a tombstone, so that a process swept by mistake announces its members again.
+_SWEEP = (
+    _REMOVE
+    + """
+local out = {}
+for _, pid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', millis)) do
+  if pid ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. ':alive:' .. pid) == 0 then
+    remove(ARGV[1], pid, out)
+    redis.call('SET', ARGV[1] .. ':swept:' .. pid, '1', 'EX', 3600)
+  end
+end
+return out
+"""
+)
+
+# KEYS: the processes. ARGV: prefix, own process id. A clean shutdown: remove it at once.
+_GOODBYE = (
+    _REMOVE
+    + """
+local out = {}
+remove(ARGV[1], ARGV[2], out)
+return out
+"""
+)
+
+# KEYS: the liveness key, the processes. ARGV: prefix, process id, ttl in ms, then (room,
+# key, value) for each of its entries. Replaces whatever Redis has of the process with
+# these and registers it; returns 1 if it had been swept (its members' leaves announced).
+_RESYNC = (
+    _REMOVE
+    + """
+remove(ARGV[1], ARGV[2], {})
+local index = ARGV[1] .. ':presence-of:' .. ARGV[2]
+for i = 4, #ARGV, 3 do
+  redis.call('HSET', ARGV[1] .. ':presence:' .. ARGV[i], ARGV[2] .. ':' .. ARGV[i + 1],
+             ARGV[i + 2])
+  redis.call('SADD', index, ARGV[i] .. '\\n' .. ARGV[i + 1])
+end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[3])
+redis.call('ZADD', KEYS[2], millis + tonumber(ARGV[3]), ARGV[2])
+return redis.call('DEL', ARGV[1] .. ':swept:' .. ARGV[2])
+"""
+)
+
+
+class _PresenceOp:
+    """In the outbox: write (``value``: the entry's JSON) or remove (``None``) a key."""
+
+    __slots__ = ("key", "value")
+
+    def __init__(self, key: str, value: str | None) -> None:
+        self.key = key
+        self.value = value
+
+
+def _removed(flat: list[Any]) -> list[tuple[str, list[Any]]]:
+    """The reply of a removing script as ``(room, entries)`` pairs."""
+    rooms = []
+    index = 0
+    while index < len(flat):
+        room, count = flat[index], int(flat[index + 1])
+        values = flat[index + 2 : index + 2 + count]
+        rooms.append((str(room), [json.loads(value) for value in values]))
+        index += 2 + count
+    return rooms
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def encode_payload(payload: object) -> str:
@@ -148,6 +351,19 @@ class RedisBroker(Broker):
             a process may fall behind a room before it skips events (counted in
             :attr:`skipped`, logged).
         history_age: seconds a room's keys live after its last message.
+        presence_ttl: seconds this process's liveness key lives after a heartbeat
+            (:data:`PRESENCE_TTL`).
+        heartbeat: seconds between its heartbeats, each followed by a sweep
+            (:data:`HEARTBEAT_INTERVAL`); the crash bound is their sum.
+        presence_timeout: seconds a presence read waits for Redis
+            (:data:`PRESENCE_TIMEOUT`).
+
+    Presence: :meth:`presence` and :meth:`presence_count` read Redis
+    (:meth:`presence_now` is ``None``: await them). :meth:`presence_count` is one
+    ``HLEN``: it counts every process's written entries, a dead process's too until
+    they are swept (at most :data:`PRESENCE_CRASH_BOUND` after it died), and this
+    process's as written (a new one within a publisher turn). :meth:`presence` leaves
+    out the dead at once.
     """
 
     def __init__(
@@ -157,12 +373,26 @@ class RedisBroker(Broker):
         prefix: str = "tornws",
         history: int = DEFAULT_HISTORY,
         history_age: float = DEFAULT_HISTORY_AGE,
+        presence_ttl: float = PRESENCE_TTL,
+        heartbeat: float = HEARTBEAT_INTERVAL,
+        presence_timeout: float = PRESENCE_TIMEOUT,
     ) -> None:
         super().__init__()
         self.url = url
         self.prefix = prefix
         self.history = history
         self.history_age = history_age
+        if not 0 < heartbeat < presence_ttl:
+            raise ValueError(
+                f"heartbeat ({heartbeat} s) must be shorter than presence_ttl ({presence_ttl} s)"
+            )
+        self.presence_ttl = presence_ttl
+        self.heartbeat = heartbeat
+        self.presence_timeout = presence_timeout
+        #: This process's id in Redis (random, given by :meth:`start`).
+        self.process_id = ""
+        #: Presence entries of dead processes this process swept (and announced).
+        self.swept = 0
         #: Publishes that could not reach Redis (delivered locally only).
         self.failures = 0
         #: Events this process never read: it fell more than ``history`` behind.
@@ -179,10 +409,22 @@ class RedisBroker(Broker):
         self._up = False
         self._closed = False
         self._errors: tuple[type[BaseException], ...] = (OSError,)
+        self._read_errors: tuple[type[BaseException], ...] = (asyncio.TimeoutError, OSError)
         self._backoff = 0.1
+        self._registered = False  # a heartbeat went through since start
+        self._resync = False  # Redis may not have this process's entries: write them all
+        self._goodbye: asyncio.Future[list[Any]] | None = None  # close(): remove them all
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._beat_failing = False
+        self._read_failing = False
+        self._beating = 0  # heartbeats under way
+        self._stopping = False
 
     def _key(self, room: str, kind: str) -> str:
         return f"{self.prefix}:room:{room}:{kind}"
+
+    def _presence_key(self, room: str) -> str:
+        return f"{self.prefix}:presence:{room}"
 
     # Lifecycle
 
@@ -193,22 +435,44 @@ class RedisBroker(Broker):
         import redis.exceptions
 
         self._errors = (redis.exceptions.RedisError, OSError)
+        self._read_errors = (asyncio.TimeoutError, *self._errors)
         # A pooled connection that Redis closed (a restart) fails once: retry on a new one.
         retry = redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.02), 2)
         self._redis = redis.asyncio.from_url(self.url, decode_responses=True, retry=retry)
         self._script = self._redis.register_script(_PUBLISH)
         self._position_script = self._redis.register_script(_POSITION)
+        register = self._redis.register_script
+        self._add_script = register(_PRESENCE_ADD)
+        self._remove_script = register(_PRESENCE_REMOVE)
+        self._read_script = register(_PRESENCE_READ)
+        self._heartbeat_script = register(_HEARTBEAT)
+        self._sweep_script = register(_SWEEP)
+        self._goodbye_script = register(_GOODBYE)
+        self._resync_script = register(_RESYNC)
+        # (Here, not in __init__: `tornws serve --workers` makes the broker before forking.)
+        self.process_id = os.urandom(8).hex()
         self._tasks = [
             asyncio.ensure_future(self._publisher()),
             asyncio.ensure_future(self._reader()),
         ]
+        # The first heartbeat before serving (this process's entries are listed from the
+        # start), unless Redis is slow to answer. (Not cancelled: a sweep it ran in Redis
+        # must be announced.)
+        first = asyncio.ensure_future(self._beat())
+        self._tasks.append(first)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(first), self.presence_timeout)
+        self._heartbeat_task = asyncio.ensure_future(self._heartbeats())
+        self._tasks.append(self._heartbeat_task)
 
     async def close(self) -> None:
+        self._closing()  # (what publishers held back joins the outbox)
         # What was published last (the leaves of a drain) goes out first, if Redis is there.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 1.0
         while self._outbox and self._up and loop.time() < deadline:
             await asyncio.sleep(0.01)
+        await self._say_goodbye()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -220,6 +484,38 @@ class RedisBroker(Broker):
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
+
+    async def _say_goodbye(self) -> None:
+        """Remove what Redis still has of this process, at once (not a TTL later), after
+        everything queued before; announce the leaves of what was still listed (their
+        removal was not written: neither were their leaves, queued after it)."""
+        if self._redis is None or not self._up or self._goodbye is not None:
+            return
+        # No heartbeat after this (it would register this process again); one under way
+        # finishes first (what it swept must be announced).
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        while self._beating and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+        self._goodbye = loop.create_future()
+        self._wake_publisher.set()
+        try:
+            flat = await asyncio.wait_for(asyncio.shield(self._goodbye), 1.0)
+        except (asyncio.TimeoutError, BrokerUnavailableError) as exc:
+            log.warning(
+                "presence of this process not removed (%s): it expires in %.0f s",
+                exc or "timeout",
+                self.presence_ttl,
+            )
+            return
+        for room, entries in _removed(flat):
+            self.announce(room, "leave", entries)
+        deadline = loop.time() + 1.0
+        while self._outbox and self._up and loop.time() < deadline:
+            await asyncio.sleep(0.01)
 
     # Subscriptions
 
@@ -281,7 +577,8 @@ class RedisBroker(Broker):
             await self._wake_publisher.wait()
             self._wake_publisher.clear()
             batch, self._outbox = self._outbox, []
-            if not batch:
+            goodbye = self._goodbye is not None and not self._goodbye.done()
+            if not (batch or self._resync or goodbye):
                 continue
             try:
                 await self._send(batch, maxlen, ttl)
@@ -291,6 +588,7 @@ class RedisBroker(Broker):
             except Exception as exc:  # not Redis's: e.g. a payload it cannot encode
                 log.exception("publishing %d message(s) failed", len(batch))
                 self._fail(batch, f"cannot publish: {exc}")
+                self._resync = True  # (presence writes among them)
 
     @staticmethod
     def _fail(batch: list[tuple[str, object, bool, Any]], why: str) -> None:
@@ -302,41 +600,240 @@ class RedisBroker(Broker):
     async def _send(
         self, batch: list[tuple[str, object, bool, Any]], maxlen: str, ttl: str
     ) -> None:
-        """One pipeline of publish scripts for ``batch`` (retried once on a new connection)."""
+        """One pipeline of publish scripts and presence writes for ``batch``, in order,
+        then a resync or the goodbye when asked (retried once on a new connection)."""
         for attempt in (1, 2):  # a second time on a fresh connection (Redis restarted?)
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for room, payload, keep, _ in batch:
-                        keys, args = publish_call(
-                            self.prefix, room, payload, keep=keep, maxlen=maxlen, ttl=ttl
-                        )
-                        await self._script(keys=keys, args=args, client=pipe)
-                    results = await pipe.execute()
-                for (_, _, _, future), (epoch, offset) in zip(batch, results):
-                    if future is not None and not future.done():
-                        future.set_result((str(epoch), int(offset)))
+                await self._pipeline(batch, maxlen, ttl)
                 break
             except self._errors as exc:
                 if attempt == 2:
                     self._local(batch, exc)
+                    goodbye = self._goodbye
+                    if goodbye is not None and not goodbye.done():
+                        goodbye.set_exception(BrokerUnavailableError(f"redis unreachable: {exc}"))
+
+    async def _pipeline(
+        self, batch: list[tuple[str, object, bool, Any]], maxlen: str, ttl: str
+    ) -> None:
+        pid = self.process_id
+        index = f"{self.prefix}:presence-of:{pid}"
+        goodbye = self._goodbye
+        said = goodbye is not None and goodbye.done()  # no presence written after it
+        resync = self._resync and goodbye is None
+        numbered: list[asyncio.Future[tuple[str, int]] | None] = []  # one per result
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for room, payload, keep, future in batch:
+                if type(payload) is _PresenceOp:
+                    if said:
+                        continue
+                    keys = [self._presence_key(room), index]
+                    field, member = f"{pid}:{payload.key}", f"{room}\n{payload.key}"
+                    if payload.value is None:
+                        await self._remove_script(keys=keys, args=[field, member], client=pipe)
+                    else:
+                        args = [field, payload.value, member]
+                        await self._add_script(keys=keys, args=args, client=pipe)
+                    numbered.append(None)
+                    continue
+                keys, args = publish_call(
+                    self.prefix, room, payload, keep=keep, maxlen=maxlen, ttl=ttl
+                )
+                await self._script(keys=keys, args=args, client=pipe)
+                numbered.append(future)
+            if resync:  # after the batch: what Redis has of this process is then exactly it
+                await self._resync_script(
+                    keys=[f"{self.prefix}:alive:{pid}", f"{self.prefix}:processes"],
+                    args=self._resync_args(),
+                    client=pipe,
+                )
+            elif goodbye is not None and not said:
+                await self._goodbye_script(
+                    keys=[f"{self.prefix}:processes"], args=[self.prefix, pid], client=pipe
+                )
+            results = await pipe.execute()
+        for future, result in zip(numbered, results):
+            if future is not None and not future.done():
+                epoch, offset = result
+                future.set_result((str(epoch), int(offset)))
+        if resync:
+            self._resync = False
+            log.info("presence of this process written again to redis")
+            if int(results[-1]):  # it had been swept: its members' leaves were announced
+                log.warning(
+                    "this process was taken for dead (no heartbeat for %.0f s): "
+                    "announcing its members again",
+                    self.presence_ttl,
+                )
+                for room, entries in self._presence.items():
+                    self.announce(room, "join", list(entries.values()))
+        elif goodbye is not None and not said and not goodbye.done():
+            goodbye.set_result(results[-1])
+
+    def _resync_args(self) -> list[str]:
+        args = [self.prefix, self.process_id, str(int(self.presence_ttl * 1000))]
+        for room, entries in self._presence.items():
+            for key, entry in entries.items():
+                args += (room, key, _json(entry))
+        return args
 
     def _local(self, batch: list[tuple[str, object, Any, Any]], exc: BaseException) -> None:
-        self.failures += len(batch)
+        messages = [item for item in batch if type(item[1]) is not _PresenceOp]
+        if len(messages) < len(batch):
+            self._resync = True  # written again once Redis is back
+        self._up = False
+        if not messages:
+            return
+        self.failures += len(messages)
         log.warning(
             "redis unreachable (%s): %d message(s) delivered to this process only",
             exc,
-            len(batch),
+            len(messages),
         )
         deliver = self._deliver
         assert deliver is not None
-        for room, payload, _, future in batch:
+        for room, payload, _, future in messages:
             if room in self._positions or room in self._pending:
                 deliver(Envelope(room, 0, payload, ""))
             if future is not None and not future.done():
                 future.set_exception(
                     BrokerUnavailableError(f"redis unreachable ({exc}): delivered here only")
                 )
-        self._up = False
+
+    # Presence
+
+    def presence_add(self, room: str, key: str, entry: Any) -> None:
+        if "\n" in key:
+            raise ValueError(f"a presence key has no newline: {key!r}")
+        super().presence_add(room, key, entry)
+        self._outbox.append((room, _PresenceOp(key, _json(entry)), True, None))
+        self._wake_publisher.set()
+
+    def presence_remove(self, room: str, key: str) -> None:
+        if key not in self._presence.get(room, ()):
+            return
+        super().presence_remove(room, key)
+        self._outbox.append((room, _PresenceOp(key, None), True, None))
+        self._wake_publisher.set()
+
+    def presence_now(self, room: str) -> list[Any] | None:
+        """``None`` once started: the other processes' entries are in Redis."""
+        return self.presence_local(room) if self._redis is None else None
+
+    async def presence(self, room: str) -> list[Any]:
+        local = self.presence_local(room)
+        if self._redis is None:
+            return local
+        try:
+            values = await asyncio.wait_for(
+                self._read_script(
+                    keys=[self._presence_key(room)], args=[self.prefix, self.process_id]
+                ),
+                self.presence_timeout,
+            )
+        except self._read_errors as exc:
+            self._read_failed(exc, room)
+            return local
+        self._read_worked()
+        return local + [json.loads(value) for value in values]
+
+    async def presence_count(self, room: str) -> int:
+        if self._redis is None:
+            return len(self._presence.get(room, ()))
+        try:
+            count = await asyncio.wait_for(
+                self._redis.hlen(self._presence_key(room)), self.presence_timeout
+            )
+        except self._read_errors as exc:
+            self._read_failed(exc, room)
+            return len(self._presence.get(room, ()))
+        self._read_worked()
+        return int(count)
+
+    def _read_failed(self, exc: BaseException, room: str) -> None:
+        if not self._read_failing:  # (once per outage)
+            self._read_failing = True
+            log.warning(
+                "redis unreachable (%s): presence of %r (and of other rooms until redis "
+                "answers) from this process only",
+                exc or f"no answer within {self.presence_timeout:.1f} s",
+                room,
+            )
+
+    def _read_worked(self) -> None:
+        if self._read_failing:
+            self._read_failing = False
+            log.info("presence read from redis again")
+
+    def announce(self, room: str, kind: str, entries: list[Any]) -> None:
+        """Publish that ``entries`` left (``kind`` ``"leave"``) or joined ``room``, for a
+        process that cannot: one that died (swept here) or that was taken for dead.
+
+        For a ``/live`` channel's room, one presence push to its listeners (not kept);
+        for a chat room, one ``leave`` (or ``join``) event per nick, numbered and kept,
+        as the process's own would have been. Override it for rooms of other kinds.
+        """
+        if room.startswith(_LIVE_ROOM):
+            channel = room[len(_LIVE_ROOM) :]
+            change = PresenceChange(channel, kind, entries)
+            self.publish(_LIVE_PRESENCE_ROOM + channel, change, keep=False)
+            return
+        for nick in entries:
+            if isinstance(nick, str):
+                self.publish(room, ChatEvent(kind, nick))
+
+    async def _heartbeats(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while True:
+            due += self.heartbeat
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            due = max(due, loop.time() - self.heartbeat)  # (after a stall: no burst)
+            await self._beat()
+
+    async def _beat(self) -> None:
+        """One heartbeat, then one sweep of the dead; announce the leaves of what it swept."""
+        if self._stopping:
+            return
+        self._beating += 1
+        try:
+            await self._beat_once()
+        finally:
+            self._beating -= 1
+
+    async def _beat_once(self) -> None:
+        prefix, pid = self.prefix, self.process_id
+        try:
+            new = await self._heartbeat_script(
+                keys=[f"{prefix}:alive:{pid}", f"{prefix}:processes"],
+                args=[pid, str(int(self.presence_ttl * 1000))],
+            )
+            if int(new) and self._registered:  # swept, or Redis lost its data
+                self._resync = True
+            self._registered = True
+            if self._resync:
+                self._wake_publisher.set()
+            flat = await self._sweep_script(keys=[f"{prefix}:processes"], args=[prefix, pid])
+        except self._errors as exc:
+            if not self._beat_failing:
+                self._beat_failing = True
+                log.warning("redis unreachable (%s): no presence heartbeat", exc)
+            return
+        if self._beat_failing:
+            self._beat_failing = False
+            log.info("presence heartbeat: redis answers again")
+        gone = _removed(flat)
+        for room, entries in gone:
+            self.announce(room, "leave", entries)
+        if gone:
+            count = sum(len(entries) for _, entries in gone)
+            self.swept += count
+            log.info(
+                "swept %d presence entr%s of dead process(es) in %d room(s); leaves announced",
+                count,
+                "y" if count == 1 else "ies",
+                len(gone),
+            )
 
     # Reading
 
