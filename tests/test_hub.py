@@ -85,7 +85,7 @@ async def test_hub_publishes_to_a_channel_numbered_with_the_clients(
         await hub.publish("a/b", 1)
     with pytest.raises(ValueError, match="not JSON"):
         await hub.publish("news", object())
-    assert hub.channels() == {"news": 2}
+    assert await hub.channels() == {"news": 2}
 
 
 @pytest.mark.gen_test

@@ -379,3 +379,20 @@ async def test_live_channels_span_processes_and_resume_on_another(
     assert result["recovered"] is False and "publications" not in result
     for client in (bob, back, carol, stranger):
         await client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_burst_of_subscribes_all_get_their_result(pair: tuple[Server, Server]) -> None:
+    """150 connections subscribe at once: each subscribe asks Redis for its channel's
+    position concurrently, and every one gets a result (redis-py's default pool raised
+    "Too many connections" past 100 at once, answered as unavailable)."""
+    a, _ = pair
+    clients = await asyncio.gather(*(live(a) for _ in range(150)))
+    subscribe = json.dumps({"id": 1, "type": "subscribe", "channel": "burst"})
+    await asyncio.gather(*(client.socket.send(subscribe) for client in clients))
+    replies = await asyncio.gather(
+        *(asyncio.wait_for(client.socket.recv(), 10) for client in clients)
+    )
+    errors = [r for r in map(json.loads, replies) if "error" in r]
+    assert errors == []
+    await asyncio.gather(*(client.close() for client in clients))

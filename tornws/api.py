@@ -11,7 +11,8 @@ access log shows the path only). docs/protocol.md ("The server API") has it all:
   "epoch", "offset"}, ...]}``
 - ``POST /api/disconnect`` ``{"user", "code"?, "reason"?}`` → ``{}``
 - ``GET /api/presence?channel=`` → ``{"count", "members"}``
-- ``GET /api/channels`` → ``{"channels": {"<channel>": <subscribers>, ...}}``
+- ``GET /api/channels`` → ``{"channels": {"<channel>": <subscribers>, ...}}`` (the
+  channels this process has subscribers of, each counted over every process)
 
 Answers: 200 with a JSON object; a missing or wrong key 401; malformed JSON or
 fields 400; a body over ``max_body`` (default 64 KiB) 413; the API not enabled
@@ -147,12 +148,12 @@ class ApiHandler(tornado.web.RequestHandler):
         else:
             self._reply(await self._disconnect(body))
 
-    def get(self) -> None:
+    async def get(self) -> None:
         if self.action == "presence":
             channel = self.get_query_argument("channel", "")
-            self._reply(self.hub.presence(self._channel(channel)))
+            self._reply(await self.hub.presence(self._channel(channel)))
         elif self.action == "channels":
-            self._reply({"channels": self.hub.channels()})
+            self._reply({"channels": await self.hub.channels()})
         else:
             raise ApiError(405, "method_not_allowed", f"{self.action} takes POST")
 

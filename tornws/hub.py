@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 
 from .chat import ChatEvent
 from .exceptions import ConfigError
-from .live import CHANNEL_PATTERN, Publication, Subscription, channel_room
+from .live import CHANNEL_PATTERN, Publication, channel_room
 from .node import CONTROL_ROOM, DISCONNECT_CODE, DISCONNECT_REASON, Disconnect, Node
 from .registry import Registry
 
@@ -202,22 +202,20 @@ class Hub:
 
     # What is where
 
-    def presence(self, channel: str) -> dict[str, Any]:
-        """``{"count", "members"}`` of ``channel``'s subscriptions in this process
-        (as the ``/live`` ``presence`` command answers)."""
+    async def presence(self, channel: str) -> dict[str, Any]:
+        """``{"count", "members"}`` of ``channel``'s subscriptions in every process the
+        broker reaches (as the ``/live`` ``presence`` command answers)."""
         check_channel(channel)
-        members = [
-            m.handler.presence_entry()
-            for m in self.registry.members(channel_room(channel))
-            if isinstance(m, Subscription)
-        ]
+        members = await self.registry.broker.presence(channel_room(channel))
         return {"count": len(members), "members": members}
 
-    def channels(self) -> dict[str, int]:
-        """Every ``/live`` channel with subscribers in this process, and how many."""
+    async def channels(self) -> dict[str, int]:
+        """The ``/live`` channels with subscribers in this process, each with its
+        subscribers in every process the broker reaches."""
         prefix = channel_room("")
+        broker = self.registry.broker
         return {
-            room[len(prefix) :]: len(self.registry.members(room))
+            room[len(prefix) :]: await broker.presence_count(room)
             for room in self.registry.rooms()
-            if room.startswith(prefix)
+            if room.startswith(prefix) and not room.startswith(prefix + "#")
         }

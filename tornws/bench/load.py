@@ -808,8 +808,10 @@ async def publish_path(
             sent_at[index] = time.perf_counter()
             await send(index)
             if in_flight == 1:  # one at a time: the next after the last subscriber got it
-                while received[index] < subscribers:
-                    await asyncio.sleep(0.0005)
+                await _wait(
+                    lambda: received[index] >= subscribers,
+                    f"publication {index} via {how} reaching {subscribers} subscribers",
+                )
 
     window = _Window(server, result)
     window.start()
