@@ -301,3 +301,27 @@ async def test_the_readme_publishing_commands_run(redis: Redis) -> None:
     finally:
         code, log = server.stop()
     assert code == 0, log
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_idempotent_publish_retried_on_the_other_process_is_published_once(
+    pair: tuple[Server, Server],
+) -> None:
+    """The same idempotency key sent to A, then retried on B (behind a load balancer):
+    one publication, the same position twice, the second marked repeated."""
+    a, b = pair
+    reader = await live(b)
+    await reader.command(1, "subscribe", channel="orders")
+    request = {"channel": "orders", "data": {"order": 9}, "idempotency_key": "order-9"}
+    first = await api(a, "/api/publish", request)
+    retry = await api(b, "/api/publish", request)
+    assert first[0] == retry[0] == 200
+    assert "repeated" not in first[1] and retry[1]["repeated"] is True
+    assert (retry[1]["epoch"], retry[1]["offset"]) == (first[1]["epoch"], first[1]["offset"])
+    later = await api(b, "/api/publish", {"channel": "orders", "data": "next"})
+    pushes = [await reader.push() for _ in range(2)]
+    assert [(p["offset"], p["data"]) for p in pushes] == [
+        (first[1]["offset"], {"order": 9}),
+        (later[1]["offset"], "next"),
+    ]
+    await reader.socket.close()

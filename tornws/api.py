@@ -22,7 +22,8 @@ fields 400; a body over ``max_body`` (default 64 KiB) 413; the API not enabled
 
 An ``idempotency_key`` (1-128 characters) makes a retried publish safe: within
 :data:`IDEMPOTENCY_SECONDS` the same key answers the first publication's
-position again instead of publishing twice (remembered by this process).
+position again instead of publishing twice: remembered in Redis for every process on
+a Redis broker (atomically with the publication), else by this process.
 """
 
 from __future__ import annotations
@@ -164,14 +165,28 @@ class ApiHandler(tornado.web.RequestHandler):
         key = body.get("idempotency_key")
         if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 128):
             raise ApiError(400, "bad_request", '"idempotency_key" must be 1-128 characters')
-        if key is not None:
-            earlier = self.remembered.get(key)
-            if earlier is not None:
-                return {"epoch": earlier.epoch, "offset": earlier.offset, "repeated": True}
-        position = await self._number(channel, body["data"])
-        if key is not None:
+        if key is None:
+            position = await self._number(channel, body["data"])
+            return {"epoch": position.epoch, "offset": position.offset}
+        earlier = self.remembered.get(key)
+        if earlier is not None:
+            return {"epoch": earlier.epoch, "offset": earlier.offset, "repeated": True}
+        try:  # (on Redis: remembered there, for every process)
+            once = await self.hub.publish_once(channel, body["data"], key, IDEMPOTENCY_SECONDS)
+        except BrokerUnavailableError as exc:
+            raise ApiError(503, "unavailable", str(exc)) from None
+        except ValueError as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
+        if once is None:  # a broker that reaches no other process: this one remembers
+            position = await self._number(channel, body["data"])
             self.remembered.put(key, position)
-        return {"epoch": position.epoch, "offset": position.offset}
+            return {"epoch": position.epoch, "offset": position.offset}
+        position, repeated = once
+        return {
+            "epoch": position.epoch,
+            "offset": position.offset,
+            **({"repeated": True} if repeated else {}),
+        }
 
     async def _broadcast(self, body: dict[str, Any]) -> dict[str, Any]:
         channels = body.get("channels")

@@ -186,6 +186,15 @@ class Broker(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} does not number publications")
 
+    async def publish_once(
+        self, room: str, payload: object, key: str, seconds: float
+    ) -> tuple[str, int, bool] | None:
+        """:meth:`publish_numbered`, unless a publication with idempotency ``key`` was
+        made in the last ``seconds`` in any process the broker reaches: then its
+        position again, not published. ``(epoch, offset, repeated)``; ``None`` from a
+        broker that reaches no other process (the caller remembers keys itself)."""
+        return None
+
     async def claim_once(self, key: str, seconds: float) -> bool:
         """``True`` the first time ``key`` is claimed, for ``seconds``, in every process
         this broker reaches (a ticket's single use). The base class reaches no other

@@ -48,6 +48,13 @@ SETTINGS_KEY = "tornws.hub"
 _VALID_CHANNEL = re.compile(f"#?{CHANNEL_PATTERN}")
 
 
+def _json(data: Any) -> str:
+    try:
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"data is not JSON: {exc}") from None
+
+
 class Position(NamedTuple):
     """Where a publication landed in its channel: ``str()`` is ``"<epoch>:<offset>"``,
     the form a client's ``since`` takes."""
@@ -128,11 +135,24 @@ class Hub:
         """
         self._remember_loop()
         check_channel(channel)
-        try:
-            text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"data is not JSON: {exc}") from None
-        return await self._number(channel_room(channel), Publication(text))
+        return await self._number(channel_room(channel), Publication(_json(data)))
+
+    async def publish_once(
+        self, channel: str, data: Any, key: str, seconds: float
+    ) -> tuple[Position, bool] | None:
+        """:meth:`publish` with an idempotency ``key``: ``(position, repeated)``, where a
+        publication with the same key in the last ``seconds`` (in any process of a Redis
+        broker) is answered again instead of published; ``None`` on a broker that
+        reaches no other process (nothing published: remember keys yourself)."""
+        self._remember_loop()
+        check_channel(channel)
+        text = _json(data)
+        once = await self.registry.broker.publish_once(
+            channel_room(channel), Publication(text), key, seconds
+        )
+        if once is None:
+            return None
+        return Position(once[0], once[1]), once[2]
 
     async def say(self, room: str, text: str, *, nick: str = "server") -> Position:
         """Post ``text`` to the chat room ``room`` as ``nick``: its members see it like

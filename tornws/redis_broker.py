@@ -105,6 +105,13 @@ PRESENCE_TIMEOUT = 1.0
 # or "0": a message not to keep still goes through the stream, every process reads it there,
 # but a resume across it is refused).
 PUBLISH_SCRIPT = _PUBLISH = """
+if KEYS[4] then  -- an idempotency key: seen in the last ARGV[6] ms, answer that again
+  local seen = redis.call('GET', KEYS[4])
+  if seen then
+    local sep = string.find(seen, ':', 1, true)
+    return {string.sub(seen, 1, sep - 1), tonumber(string.sub(seen, sep + 1)), 1}
+  end
+end
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
   epoch = ARGV[2]
@@ -119,6 +126,9 @@ redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], offset .. '-1',
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
+if KEYS[4] then
+  redis.call('SET', KEYS[4], epoch .. ':' .. offset, 'PX', ARGV[6])
+end
 return {epoch, offset}
 """
 
@@ -561,6 +571,25 @@ class RedisBroker(Broker):
         return await future
 
     shared = True
+
+    async def publish_once(
+        self, room: str, payload: object, key: str, seconds: float
+    ) -> tuple[str, int, bool] | None:
+        keys, args = publish_call(
+            self.prefix,
+            room,
+            payload,
+            keep=True,
+            maxlen=str(max(self.history, 1)),
+            ttl=str(int(self.history_age * 1000)),
+        )
+        keys.append(f"{self.prefix}:once:{key}")
+        args.append(str(max(1, int(seconds * 1000))))
+        try:
+            answer = await self._script(keys=keys, args=args)
+        except self._errors as exc:
+            raise BrokerUnavailableError(f"redis unreachable: {exc}") from None
+        return str(answer[0]), int(answer[1]), len(answer) > 2
 
     async def claim_once(self, key: str, seconds: float) -> bool:
         try:
