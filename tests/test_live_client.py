@@ -60,7 +60,7 @@ def test_cli_publish_refused_is_an_error_line_and_status_1(tornws_serve: Server)
     the client exits 1; a subscribe that is refused exits 1 at once."""
     url = f"{tornws_serve.url}/live"
     result = run(tornws_command("client", url, "--publish", "#ann"), stdin="1\n")
-    assert result.returncode == 1 and "reserved for users" in result.stderr
+    assert result.returncode == 1 and "not allowed to publish on" in result.stderr
     result = run(tornws_command("client", url, "--subscribe", "bad name"))
     assert result.returncode == 1 and "invalid channel" in result.stderr
 

@@ -59,7 +59,7 @@ import tornado.websocket
 
 from . import admission, deflate
 from .admission import DEFAULT_OUTGOING_BUDGET, origin_allowed
-from .auth import Tickets
+from .auth import TicketError, Tickets
 from .broker import Codec, Envelope
 from .exceptions import BrokerUnavailableError, HandshakeError
 from .frames import Message
@@ -275,7 +275,10 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     async def _claim_ticket(self, tickets: Tickets) -> None:
         """A ticket this process accepted must be unused in every other one too."""
-        _, nonce, expiry = tickets.claims(self.get_query_argument("ticket", ""))
+        try:
+            _, nonce, expiry = tickets.claims(self.get_query_argument("ticket", ""))
+        except TicketError as exc:  # (expired since it was redeemed, a moment ago)
+            raise HandshakeError(401, str(exc), kind="ticket") from None
         try:
             first = await self.registry.broker.claim_once(f"ticket:{nonce}", expiry - time.time())
         except BrokerUnavailableError:

@@ -86,8 +86,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Connections one process opens to Redis at most (commands beyond wait for one, 5 s at most).
-MAX_CONNECTIONS = 32
+#: Connections one process may open to Redis at once (commands beyond are refused and
+#: answered ``unavailable``); Redis's own default limit is 10,000 clients.
+MAX_CONNECTIONS = 1000
 
 #: Seconds a process's liveness key lives after its last heartbeat: a process not heard
 #: from for that long is dead, its presence entries are no longer listed and are swept.
@@ -452,13 +453,12 @@ class RedisBroker(Broker):
         self._read_errors = (asyncio.TimeoutError, *self._errors)
         # A pooled connection that Redis closed (a restart) fails once: retry on a new one.
         retry = redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.02), 2)
-        # A blocking pool: a burst of commands (a thousand subscribes asking the channel's
-        # position at once) waits for a connection instead of failing with "Too many
-        # connections" (redis-py's pool has at most 100 and raises beyond).
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            self.url, max_connections=MAX_CONNECTIONS, timeout=5.0, decode_responses=True
+        # A burst of commands (hundreds of subscribes asking their channel's position at
+        # once) opens that many connections: redis-py's pool raises "Too many connections"
+        # past its limit (100 by default), which answered them "unavailable".
+        self._redis = redis.asyncio.from_url(
+            self.url, decode_responses=True, retry=retry, max_connections=MAX_CONNECTIONS
         )
-        self._redis = redis.asyncio.Redis(connection_pool=pool, retry=retry)
         self._script = self._redis.register_script(_PUBLISH)
         self._position_script = self._redis.register_script(_POSITION)
         register = self._redis.register_script

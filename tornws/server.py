@@ -166,9 +166,11 @@ async def serve(
     except asyncio.TimeoutError:
         log.info("stopped (some HTTP connections were still open)")
     finally:
-        for signum in signals:
-            loop.remove_signal_handler(signum)
-        await registry.broker.close()
+        try:  # (a second signal while the broker says goodbye: "already shutting down")
+            await registry.broker.close()
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
 
 
 def _on_signal(stop: asyncio.Event, signum: int) -> None:
