@@ -389,7 +389,7 @@ LIVE_JS = """async () => {
   await writer.publish("b", 4);
   await until(() => got.b.length === 4);
   let refused = null;
-  try { await live.subscribe("#ann", () => {}); } catch (error) { refused = error.code; }
+  try { await live.subscribe("a/b", () => {}); } catch (error) { refused = error.code; }
   live.close(); writer.close();
   return { got, statuses, refused };
 }"""
