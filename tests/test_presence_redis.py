@@ -20,6 +20,8 @@ from typing import Any, Callable
 import pytest
 import websockets.asyncio.client
 
+from tornws.live import PRESENCE_INTERVAL
+
 from conftest import Server, free_port
 from services import REDIS, Redis
 
@@ -268,6 +270,9 @@ async def test_a_killed_process_loses_its_members_within_the_bound(
     for socket in (ann, carol):
         await chat_until(socket, lambda e: e["type"] == "join" and e["nick"] == "bob")
 
+    # Past the coalescing second of the last joins: a crash inside it may lose a leave
+    # (documented); this test holds the guarantee, not that edge.
+    await asyncio.sleep(PRESENCE_INTERVAL + 0.2)
     b.process.send_signal(signal.SIGKILL)
     killed = time.monotonic()
     b.process.wait(5)
@@ -328,6 +333,8 @@ async def test_a_clean_stop_removes_its_members_at_once(
     b.process.terminate()
     stopped = time.monotonic()
     unlisted = await gone_after(watcher, "calm", leaving_ids, stopped)
+    # One SIGTERM only: let it finish its drain and goodbye (stop() would send another).
+    await asyncio.get_running_loop().run_in_executor(None, b.process.wait, 20)
     code, log = b.stop()
     print(f"\nafter SIGTERM: unlisted in {unlisted:.2f} s")
     assert code == 0, log
