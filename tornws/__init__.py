@@ -91,6 +91,8 @@ from .hub import (
     Hub,
     Position,
     check_channel,
+    disconnect_message,
+    publication,
     user_channel,
 )
 from .live import (
@@ -217,6 +219,7 @@ __all__ = [
     "allow_public",
     "channel_room",
     "check_channel",
+    "disconnect_message",
     "drain",
     "encode_close",
     "encode_frame",
@@ -226,6 +229,7 @@ __all__ = [
     "next_guest_name",
     "parse_since",
     "presence_event",
+    "publication",
     "resumed_event",
     "routes",
     "run_workers",

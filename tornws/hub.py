@@ -40,7 +40,14 @@ from .live import CHANNEL_PATTERN, Publication, channel_room
 from .node import CONTROL_ROOM, DISCONNECT_CODE, DISCONNECT_REASON, Disconnect, Node
 from .registry import Registry
 
-__all__ = ["Hub", "Position", "check_channel", "user_channel"]
+__all__ = [
+    "Hub",
+    "Position",
+    "check_channel",
+    "disconnect_message",
+    "publication",
+    "user_channel",
+]
 
 #: The key under which an application's hub is kept in its settings.
 SETTINGS_KEY = "tornws.hub"
@@ -48,11 +55,24 @@ SETTINGS_KEY = "tornws.hub"
 _VALID_CHANNEL = re.compile(f"#?{CHANNEL_PATTERN}")
 
 
-def _json(data: Any) -> str:
+def publication(channel: str, data: Any) -> tuple[str, Publication]:
+    """``(room, publication)`` of ``data`` (any JSON) for ``channel``; ValueError for an
+    invalid channel or data JSON cannot encode (what every publishing path checks)."""
+    check_channel(channel)
     try:
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"data is not JSON: {exc}") from None
+    return channel_room(channel), Publication(text)
+
+
+def disconnect_message(
+    user: Any, code: int = DISCONNECT_CODE, reason: str = DISCONNECT_REASON
+) -> Disconnect:
+    """The :class:`Disconnect` for ``user``; ValueError for a code outside 3000-4999."""
+    if not 3000 <= code <= 4999:
+        raise ValueError(f"code must be an application close code (3000-4999), not {code}")
+    return Disconnect(str(user), code, reason)
 
 
 class Position(NamedTuple):
@@ -134,8 +154,7 @@ class Hub:
             BrokerUnavailableError: the broker could not number it.
         """
         self._remember_loop()
-        check_channel(channel)
-        return await self._number(channel_room(channel), Publication(_json(data)))
+        return await self._number(*publication(channel, data))
 
     async def publish_once(
         self, channel: str, data: Any, key: str, seconds: float
@@ -145,11 +164,7 @@ class Hub:
         broker) is answered again instead of published; ``None`` on a broker that
         reaches no other process (nothing published: remember keys yourself)."""
         self._remember_loop()
-        check_channel(channel)
-        text = _json(data)
-        once = await self.registry.broker.publish_once(
-            channel_room(channel), Publication(text), key, seconds
-        )
+        once = await self.registry.broker.publish_once(*publication(channel, data), key, seconds)
         if once is None:
             return None
         return Position(once[0], once[1]), once[2]
@@ -207,10 +222,9 @@ class Hub:
         """Close every connection of ``user`` (as ``str(user)``), in every process the
         broker reaches, with ``code`` (default 3000) and ``reason``."""
         self._remember_loop()
-        if not 3000 <= code <= 4999:
-            raise ValueError(f"code must be an application close code (3000-4999), not {code}")
         # To every process with signed-in connections, this one included.
-        self.registry.broker.publish(CONTROL_ROOM, Disconnect(str(user), code, reason), keep=False)
+        message = disconnect_message(user, code, reason)
+        self.registry.broker.publish(CONTROL_ROOM, message, keep=False)
 
     def disconnect_threadsafe(self, user: Any) -> concurrent.futures.Future[None]:
         """:meth:`disconnect` from any thread."""

@@ -25,16 +25,14 @@ URL CHANNEL JSON`` is the same from a shell.
 
 from __future__ import annotations
 
-import json
 from types import TracebackType
 from typing import Any
 
 from .broker import DEFAULT_HISTORY, DEFAULT_HISTORY_AGE
 from .chat import ChatEvent
 from .exceptions import BrokerUnavailableError, ConfigError
-from .hub import Position, check_channel
-from .live import Publication, channel_room
-from .node import CONTROL_ROOM, DISCONNECT_CODE, DISCONNECT_REASON, Disconnect
+from .hub import Position, disconnect_message, publication
+from .node import CONTROL_ROOM, DISCONNECT_CODE, DISCONNECT_REASON
 from .redis_broker import PUBLISH_SCRIPT, publish_call
 
 __all__ = ["AsyncPublisher", "Publisher"]
@@ -48,25 +46,10 @@ def _redis() -> Any:
     return redis
 
 
-def _publication(channel: str, data: Any) -> tuple[str, Publication]:
-    check_channel(channel)
-    try:
-        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"data is not JSON: {exc}") from None
-    return channel_room(channel), Publication(text)
-
-
 def _chat(room: str, text: str, nick: str) -> ChatEvent:
     if not isinstance(text, str) or not text:
         raise ValueError("text must be a non-empty string")
     return ChatEvent("message", nick, text)
-
-
-def _disconnect(user: Any, code: int, reason: str) -> Disconnect:
-    if not 3000 <= code <= 4999:
-        raise ValueError(f"code must be an application close code (3000-4999), not {code}")
-    return Disconnect(str(user), code, reason)
 
 
 class _Base:
@@ -119,7 +102,7 @@ class Publisher(_Base):
     def publish(self, channel: str, data: Any) -> Position:
         """Publish ``data`` (any JSON) to ``channel`` (``#<user>``: that user's
         connections); return where it landed."""
-        return self._run(*_publication(channel, data), keep=True)
+        return self._run(*publication(channel, data), keep=True)
 
     def say(self, room: str, text: str, *, nick: str = "server") -> Position:
         """Post ``text`` to chat room ``room`` as ``nick``."""
@@ -129,7 +112,7 @@ class Publisher(_Base):
         self, user: Any, *, code: int = DISCONNECT_CODE, reason: str = DISCONNECT_REASON
     ) -> None:
         """Close every connection of ``user`` on every tornws process of this Redis."""
-        self._run(CONTROL_ROOM, _disconnect(user, code, reason), keep=False)
+        self._run(CONTROL_ROOM, disconnect_message(user, code, reason), keep=False)
 
     def _run(self, room: str, payload: object, *, keep: bool) -> Position:
         keys, args = self._call(room, payload, keep)
@@ -178,7 +161,7 @@ class AsyncPublisher(_Base):
         self._script = self._client.register_script(PUBLISH_SCRIPT)
 
     async def publish(self, channel: str, data: Any) -> Position:
-        return await self._run(*_publication(channel, data), keep=True)
+        return await self._run(*publication(channel, data), keep=True)
 
     async def say(self, room: str, text: str, *, nick: str = "server") -> Position:
         return await self._run(room, _chat(room, text, nick), keep=True)
@@ -186,7 +169,7 @@ class AsyncPublisher(_Base):
     async def disconnect(
         self, user: Any, *, code: int = DISCONNECT_CODE, reason: str = DISCONNECT_REASON
     ) -> None:
-        await self._run(CONTROL_ROOM, _disconnect(user, code, reason), keep=False)
+        await self._run(CONTROL_ROOM, disconnect_message(user, code, reason), keep=False)
 
     async def _run(self, room: str, payload: object, *, keep: bool) -> Position:
         keys, args = self._call(room, payload, keep)
