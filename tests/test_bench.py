@@ -361,3 +361,34 @@ def test_bench_publish_paths_across_two_processes(tmp_path: Path) -> None:
         line = lines[name]
         assert line["units"] == (10 if name.endswith("paced") else 40), name
         assert line["server_cpu_s"] > 0 and line["p99_ms"] >= line["p50_ms"] > 0
+
+
+def test_bench_soak_reports_stalls_collections_memory_and_files(tmp_path: Path) -> None:
+    """--soak: idle connections, churn and a probe, on tornws and the asyncio version. Each
+    line has the probe's round trips and worst one, RSS growth and open files before and
+    after (back to the idle count: no socket left behind); tornws's also has its
+    collector's passes, read from its /metrics."""
+    pytest.importorskip("picows", reason="tornws bench needs the bench extra (picows)")
+    pytest.importorskip("prometheus_client", reason="the GC figures come from /metrics")
+    out = tmp_path / "s.json"
+    result = run(
+        tornws_command(
+            "bench", "--quick", "--only", "tornws", "--soak", "--workloads", "soak",
+            "--json", str(out),
+        ),
+        timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    (name,) = [w["name"] for w in data["workloads"]]
+    assert name == "soak 500 idle + 50/s × 6 s"
+    assert "soak (probe: one echo every 10 ms" in result.stdout
+    for subject in ("tornws", "asyncio"):
+        line = data["subjects"][subject]["results"][name]
+        assert line["connects_failed"] == 0 and line["units"] >= 250, line
+        assert line["probes"] > 100 and line["probe_worst_ms"] >= line["p99_ms"] > 0
+        assert line["open_files_after"] == line["open_files_idle"] >= 501
+        assert line["rss_growth_mib"] is not None
+    tornws_line = data["subjects"]["tornws"]["results"][name]
+    assert tornws_line["gc_longest_ms"] > 0 and tornws_line["gc_over_20ms"] >= 0
+    assert data["subjects"]["asyncio"]["results"][name]["gc_longest_ms"] is None

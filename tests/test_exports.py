@@ -30,6 +30,7 @@ PUBLIC_MODULES = [
     "tornws.exceptions",
     "tornws.frames",
     "tornws.handlers",
+    "tornws.heap",
     "tornws.hub",
     "tornws.live",
     "tornws.metrics",

@@ -11,8 +11,8 @@ The top level holds every public name of these modules, and only those (tested):
 :mod:`~tornws.publisher`, :mod:`~tornws.registry`, :mod:`~tornws.server`, :mod:`~tornws.stats`.
 The other modules are reached by their path: :mod:`tornws.admission`,
 :mod:`tornws.auth`, :mod:`tornws.client`, :mod:`tornws.connection` (the socket-free core),
-:mod:`tornws.deflate`, :mod:`tornws.metrics`, :mod:`tornws.redis_broker`,
-:mod:`tornws.transport` (the Tornado adapter), :mod:`tornws.bench`.
+:mod:`tornws.deflate`, :mod:`tornws.heap` (garbage-collector pauses), :mod:`tornws.metrics`,
+:mod:`tornws.redis_broker`, :mod:`tornws.transport` (the Tornado adapter), :mod:`tornws.bench`.
 """
 
 from __future__ import annotations

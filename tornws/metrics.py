@@ -18,6 +18,7 @@ from typing import Any
 
 import tornado.web
 
+from . import heap
 from .node import Node
 from .registry import Registry
 
@@ -113,8 +114,48 @@ def collector(application: Any) -> Any:
                 family = HistogramMetricFamily(name, text)
                 family.add_metric([], histogram.cumulative(), histogram.sum)
                 yield family
+            pauses = heap.watched()
+            if pauses is not None:
+                yield from _gc_families(pauses)
 
     return TornwsCollector()
+
+
+def _gc_families(pauses: heap.Pauses) -> Iterator[Any]:
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
+    seconds = HistogramMetricFamily(
+        "tornws_gc_pause_seconds",
+        "Garbage-collector passes of this process, by generation (2: full).",
+        labels=["generation"],
+    )
+    longest = GaugeMetricFamily(
+        "tornws_gc_longest_pause_seconds",
+        "The longest garbage-collector pass of this process, by generation.",
+        labels=["generation"],
+    )
+    collected = CounterMetricFamily(
+        "tornws_gc_collected_objects",
+        "Unreachable objects (reference cycles) the collector freed, by generation.",
+        labels=["generation"],
+    )
+    for generation, histogram in enumerate(pauses.seconds):
+        label = [str(generation)]
+        seconds.add_metric(label, histogram.cumulative(), histogram.sum)
+        longest.add_metric(label, pauses.longest[generation])
+        collected.add_metric(label, pauses.collected[generation])
+    yield seconds
+    yield longest
+    yield collected
+    yield GaugeMetricFamily(
+        "tornws_gc_frozen_objects",
+        "Objects in the collector's permanent generation (tornws.heap.keep_pauses_short).",
+        value=pauses.frozen,
+    )
 
 
 class MetricsHandler(tornado.web.RequestHandler):

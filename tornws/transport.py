@@ -185,6 +185,69 @@ class _Batch:
 
 _batch = _Batch()
 
+
+class _Wheel:
+    """The keepalive and idle checks of every connection of one loop, on one timer.
+
+    A connection due at ``t`` waits in the bucket of the :data:`TICK` after ``t``
+    (a dict: O(1) to leave); one loop timer fires at the earliest bucket and runs
+    the connections in it. A timer per connection instead made two handles and
+    two bound methods per connection per keepalive round: at 10,000 connections,
+    40,000 objects for the garbage collector each round, and a 30 ms pass.
+    """
+
+    __slots__ = ("buckets", "due", "handle", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.buckets: dict[int, dict[Transport, None]] = {}
+        self.handle: asyncio.TimerHandle | None = None
+        self.due = 0  # the tick ``handle`` fires at
+
+    def add(self, transport: Transport, due: float) -> int:
+        tick = -int(-due // TICK)  # the first tick at or after ``due``
+        bucket = self.buckets.get(tick)
+        if bucket is None:
+            bucket = self.buckets[tick] = {}
+            if self.handle is None or tick < self.due:
+                self._schedule(tick)
+        bucket[transport] = None
+        return tick
+
+    def remove(self, transport: Transport, tick: int) -> None:
+        bucket = self.buckets.get(tick)
+        if bucket is not None:
+            bucket.pop(transport, None)
+
+    def _schedule(self, tick: int) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.due = tick
+        self.handle = self.loop.call_at(tick * TICK, self._fire)
+
+    def _fire(self) -> None:
+        self.handle = None
+        buckets = self.buckets
+        now = self.loop.time()
+        while buckets:
+            tick = min(buckets)
+            if tick * TICK > now:
+                self._schedule(tick)
+                return
+            for transport in buckets.pop(tick):
+                transport._tick = None
+                try:
+                    transport._on_timer()
+                except Exception:  # (one connection's failure stops no other's keepalive)
+                    log.exception("keepalive check of %s failed", transport.describe())
+                    transport.abort()
+
+
+#: Seconds: the keepalive and idle checks run within this much after they are due.
+TICK = 0.05
+#: Each event loop's wheel (a loop that is closed is dropped when a wheel is made).
+_wheels: dict[asyncio.AbstractEventLoop, _Wheel] = {}
+
 #: One receive buffer shared by every connection (parsing copies what it keeps).
 _RECEIVE = bytearray(256 * 1024)
 _RECEIVE_VIEW = memoryview(_RECEIVE)
@@ -236,7 +299,7 @@ class Transport(tornado.websocket.WebSocketProtocol):
         "_finished",
         "_close_after_flush",
         "_close_timer",
-        "_timer",
+        "_tick",
         "_opened",
         "_handled",
         "_selected",
@@ -279,7 +342,7 @@ class Transport(tornado.websocket.WebSocketProtocol):
         self._finished = False  # socket closed, handler told
         self._close_after_flush = False
         self._close_timer: asyncio.TimerHandle | None = None
-        self._timer: asyncio.TimerHandle | None = None  # the core's next check
+        self._tick: int | None = None  # the core's next check, in the loop's _Wheel
         self._opened = False  # open() returned: messages may be delivered
         self._handled = 0  # messages handled in the current slice (see YIELD_EVERY)
         #: Counters, added to the registry's stats when the connection ends.
@@ -556,16 +619,26 @@ class Transport(tornado.websocket.WebSocketProtocol):
     # Timers
 
     def _arm(self, due: float | None) -> None:
-        """Call the core's :meth:`~Connection.check` at ``due``."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """Call the core's :meth:`~Connection.check` at ``due`` (within a ``TICK``)."""
+        self._disarm()
         if due is not None and not self._finished:
-            assert self._loop is not None
-            self._timer = self._loop.call_at(due, self._on_timer)
+            loop = self._loop
+            assert loop is not None
+            wheel = _wheels.get(loop)
+            if wheel is None:
+                for closed in [other for other in _wheels if other.is_closed()]:
+                    del _wheels[closed]
+                wheel = _wheels[loop] = _Wheel(loop)
+            self._tick = wheel.add(self, due)
+
+    def _disarm(self) -> None:
+        if self._tick is not None and self._loop is not None:
+            wheel = _wheels.get(self._loop)
+            if wheel is not None:
+                wheel.remove(self, self._tick)
+            self._tick = None
 
     def _on_timer(self) -> None:
-        self._timer = None
         core = self._core
         assert core is not None and self._loop is not None
         due = core.check(self._loop.time())
@@ -577,9 +650,7 @@ class Transport(tornado.websocket.WebSocketProtocol):
 
     def _closing(self) -> None:
         """Our close frame is sent: no more keepalive; give up after CLOSE_TIMEOUT."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._disarm()
         if self._close_timer is None and not self._finished and self._loop is not None:
             self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, self.abort)
 
@@ -862,9 +933,7 @@ class Transport(tornado.websocket.WebSocketProtocol):
             return
         self._finished = True
         self._open = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._disarm()
         self._stats.closed.add(self)
         if self._close_timer is not None:
             self._close_timer.cancel()

@@ -77,25 +77,36 @@ class Plan:
     #: ``--redis``: (subscribers on the other process, publications one at a time,
     #: publications with :data:`PUBLISH_IN_FLIGHT` at once) of the publish-path lines.
     publish: tuple[int, int, int] = (0, 0, 0)
+    #: ``--soak``: (idle connections, new connections a second, seconds) of the soak line.
+    soak: tuple[int, int, float] = (0, 0, 0.0)
 
 
-def plan(quick: bool, scale: bool = False, deflate: bool = False, redis: bool = False) -> Plan:
+def plan(
+    quick: bool,
+    scale: bool = False,
+    deflate: bool = False,
+    redis: bool = False,
+    soak: bool = False,
+) -> Plan:
     """The full plan (under 15 minutes here) or the quick one (under a minute, for CI).
 
     ``scale`` adds a paced broadcast to 10,000 receivers (500 with ``quick``);
     ``deflate`` the permessage-deflate workloads, to 1000 receivers (100); ``redis``
-    the publish paths across two processes (to 100 subscribers; 20).
+    the publish paths across two processes (to 100 subscribers; 20); ``soak`` 10,000
+    idle connections and 300 new ones a second for 90 s (500, 50/s, 6 s).
     """
     if quick:
         return Plan(
             True, 0.3, (100, 200), (10, 10), 100, 200, 500 if scale else 0, 100 if deflate else 0,
             chat_sizes=((100, 10),), live=(100, 10), live_fill=200,
             publish=(20, 10, 40) if redis else (0, 0, 0),
+            soak=(500, 50, 6.0) if soak else (0, 0, 0.0),
         )  # fmt: skip
     return Plan(
         False, 4.0, (1000, 5000), (200, 50), 2000, 5000, 10_000 if scale else 0,
         1000 if deflate else 0, rounds=3, chat_sizes=((1000, 200),), live=(1000, 200),
         live_fill=10_000, publish=(100, 200, 2000) if redis else (0, 0, 0),
+        soak=(10_000, 300, 90.0) if soak else (0, 0, 0.0),
     )  # fmt: skip
 
 
@@ -246,6 +257,19 @@ def _workloads(p: Plan) -> list[Workload]:
             for paced in (True, False)
             if p.publish[0]
         ),
+        *(
+            [
+                Workload(
+                    f"soak {p.soak[0]} idle + {p.soak[1]}/s × {p.soak[2]:g} s",
+                    "connect",
+                    lambda server, fanout: load.soak(server, *p.soak),
+                    "soak",
+                    fresh=True,
+                )
+            ]
+            if p.soak[0]
+            else []
+        ),
         Workload(
             f"handshake ×{p.handshakes}",
             "handshake",
@@ -347,14 +371,15 @@ async def run(
     *,
     select: str | None = None,
     redis: bool = False,
+    soak: bool = False,
 ) -> dict[str, Any]:
     """Run every workload (``select``: those whose name matches that regular expression)
     on every subject; return the report (see ``--json``)."""
     from .subjects import raise_open_files_limit
 
     limit = raise_open_files_limit()
-    p = plan(quick, scale, deflate, redis)
-    needed = max(*p.broadcast_sizes, p.scale, p.live_fill) + 64
+    p = plan(quick, scale, deflate, redis, soak)
+    needed = max(*p.broadcast_sizes, p.scale, p.live_fill, p.soak[0] + p.soak[1] * 10) + 64
     if limit < needed:
         raise ConfigError(f"the open-files hard limit is {limit}; the bench needs {needed}")
     cpus = _cpus()
@@ -492,6 +517,7 @@ def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int
             args.deflate,
             select=select,
             redis=bool(args.redis),
+            soak=bool(getattr(args, "soak", False)),
         )
     )
     for counter in ("allocations", "instructions"):

@@ -39,6 +39,7 @@ __all__ = [
     "live_memory",
     "open_connections",
     "publish_path",
+    "soak",
 ]
 
 #: How long any single wait may take before the workload is declared stuck.
@@ -64,6 +65,8 @@ class Measurement:
     #: When the workload ran several rounds and this is the median one: each round's
     #: CPU µs per unit, in the order they ran.
     rounds: list[float] = field(default_factory=list)
+    #: Figures of this workload's own (``soak``: the probe's worst round trip, …).
+    details: dict[str, float | int | None] = field(default_factory=dict)
 
     @property
     def cpu_us_per_unit(self) -> float:
@@ -96,6 +99,7 @@ class Measurement:
                 round(self.bytes_per_unit / 1024, 2) if self.bytes_per_unit is not None else None
             ),
             **({"rounds_cpu_us_per_unit": self.rounds} if self.rounds else {}),
+            **self.details,
         }
 
 
@@ -577,6 +581,149 @@ async def idle_memory(server: Running, count: int, settle: float = 1.0) -> Measu
     result.units = count
     result.bytes_per_unit = (after - before) / count
     await close_all(clients)
+    return result
+
+
+async def _gc_figures(server: Running) -> dict[str, float] | None:
+    """The server's collector figures from ``/metrics`` (tornws only: ``None`` when the
+    server has no such endpoint or no ``prometheus_client``)."""
+    import urllib.request
+
+    url = server.url.replace("ws://", "http://", 1) + "/metrics"
+
+    def fetch() -> str | None:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return str(response.read().decode())
+        except OSError:
+            return None
+
+    text = await asyncio.to_thread(fetch)
+    if text is None:
+        return None
+    figures: dict[str, float] = {}
+    for line in text.splitlines():
+        for name, key in (
+            ('tornws_gc_longest_pause_seconds{generation="', "longest_"),
+            ('tornws_gc_pause_seconds_count{generation="', "count_"),
+            ('tornws_gc_pause_seconds_bucket{generation="', "le20_"),
+        ):
+            if line.startswith(name):
+                generation = line[len(name)]
+                if key == "le20_" and 'le="0.02"' not in line:
+                    continue
+                figures[key + generation] = float(line.rsplit(" ", 1)[1])
+    return figures or None
+
+
+def _gc_window(
+    before: dict[str, float] | None, after: dict[str, float] | None
+) -> dict[str, float | int | None]:
+    """The longest pass in the process's life, and the passes over 20 ms between
+    ``before`` and ``after`` (``None`` each without figures)."""
+    if before is None or after is None:
+        return {"gc_longest_ms": None, "gc_over_20ms": None}
+
+    def over(figures: dict[str, float]) -> float:
+        return sum(figures.get(f"count_{g}", 0) - figures.get(f"le20_{g}", 0) for g in "012")
+
+    longest = max(v for k, v in after.items() if k.startswith("longest_"))
+    return {
+        "gc_longest_ms": round(longest * 1e3, 1),
+        "gc_over_20ms": int(over(after) - over(before)),
+    }
+
+
+def _open_files(pid: int) -> int:
+    import os
+
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def _churn(url: str, rate: int, stop: float, done: list[bool]) -> None:
+    """Until ``stop``, ``rate`` new connections to ``url`` a second, each closed once open;
+    ``done`` gets whether each made it."""
+
+    async def one() -> None:
+        try:
+            transport, _ = await asyncio.wait_for(
+                ws_connect(Client, url, read_buffer_init_size=2048), STUCK
+            )
+            transport.send_close(WSCloseCode.OK)
+            await asyncio.wait_for(transport.wait_disconnected(), 10)
+            done.append(True)
+        except (OSError, asyncio.TimeoutError):
+            done.append(False)
+
+    tasks: set[asyncio.Task[None]] = set()
+    begin, index = time.perf_counter(), 0
+    while time.perf_counter() < stop:
+        delay = begin + index / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.ensure_future(one())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        index += 1
+    await asyncio.gather(*tasks)
+
+
+async def soak(server: Running, idle: int, rate: int, seconds: float) -> Measurement:
+    """``idle`` connections on /echo, then ``rate`` new connections a second (each
+    opened, then closed) for ``seconds``, while a probe connection sends an echo every
+    10 ms: its worst round trip is what a client of a stalling server sees. Also: the
+    server's longest collector pass and the passes over 20 ms in the window (tornws:
+    from ``/metrics``), RSS growth after the first third (30 s of 90), open files
+    before and after. The figure: server CPU per churned connection."""
+    result = Measurement("connect")
+    url = f"{server.url}/echo"
+    clients = await open_connections(url, idle, concurrency=100)
+    received: asyncio.Queue[float] = asyncio.Queue()
+    (probe,) = await open_connections(
+        url, 1, handle=lambda c, k, f: received.put_nowait(time.perf_counter())
+    )
+    await asyncio.sleep(1.0)
+    files_before = _open_files(server.pid)
+    gc_before = await _gc_figures(server)
+    stop = time.perf_counter() + seconds
+    samples: list[tuple[float, int]] = []
+    churned: list[bool] = []  # per new connection: opened and closed in time
+
+    async def prober() -> None:
+        while time.perf_counter() < stop:
+            sent = time.perf_counter()
+            probe.send(WSMsgType.TEXT, b"probe")
+            try:
+                back = await asyncio.wait_for(received.get(), STUCK)
+            except asyncio.TimeoutError:
+                raise CheckFailed(f"soak: no echo to the probe in {STUCK:.0f} s") from None
+            result.latencies.append(back - sent)
+            await asyncio.sleep(0.01)
+
+    async def sample() -> None:
+        while time.perf_counter() < stop:
+            samples.append((time.perf_counter(), server.rss()))
+            await asyncio.sleep(1.0)
+
+    window = _Window(server, result)
+    window.start()
+    began = time.perf_counter()
+    await asyncio.gather(prober(), _churn(url, rate, stop, churned), sample())
+    window.stop()
+    result.units = sum(churned)
+    await asyncio.sleep(2.0)  # the churned connections' sockets are closed by now
+    later = [rss for at, rss in samples if at - began >= seconds / 3]
+    result.details = {
+        "probe_worst_ms": round(max(result.latencies) * 1e3, 1),
+        "probes_over_50ms": sum(1 for rtt in result.latencies if rtt > 0.05),
+        "probes": len(result.latencies),
+        "connects_failed": churned.count(False),
+        "rss_growth_mib": round((later[-1] - later[0]) / 2**20, 2) if len(later) > 1 else None,
+        "open_files_idle": files_before,
+        "open_files_after": _open_files(server.pid),
+        **_gc_window(gc_before, await _gc_figures(server)),
+    }
+    await close_all([*clients, probe])
     return result
 
 

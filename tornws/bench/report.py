@@ -14,6 +14,7 @@ __all__ = [
     "jsonable",
     "plot",
     "ratio",
+    "soaked",
     "summary",
     "table",
 ]
@@ -108,6 +109,42 @@ def fills(report: dict[str, Any]) -> dict[str, dict[str, float]]:
     return result
 
 
+def soaked(report: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per subject, each ``soak`` line's own figures (see :func:`tornws.bench.load.soak`)."""
+    result: dict[str, dict[str, dict[str, Any]]] = {}
+    for subject, data in report["subjects"].items():
+        for name, m in data["results"].items():
+            if name.startswith("soak ") and m.details:
+                result.setdefault(subject, {})[name] = dict(m.details)
+    return result
+
+
+def _soak_lines(report: dict[str, Any]) -> list[str]:
+    soaks = soaked(report)
+    if not soaks:
+        return []
+    lines = []
+    lines.append(
+        "soak (probe: one echo every 10 ms; GC: passes over 20 ms in the window, longest "
+        "in the process's life; RSS growth after the first third; open files idle → after):"
+    )
+    for subject, entry in soaks.items():
+        for name, d in entry.items():
+            gc = (
+                f"GC >20 ms: {d['gc_over_20ms']}, longest {d['gc_longest_ms']} ms"
+                if d.get("gc_longest_ms") is not None
+                else "GC: —"
+            )
+            lines.append(
+                f"  {subject:<15} {name}: probe worst {d['probe_worst_ms']} ms, "
+                f"{d['probes_over_50ms']} of {d['probes']} over 50 ms; {gc}; "
+                f"RSS +{d['rss_growth_mib']} MiB; files {d['open_files_idle']} → "
+                f"{d['open_files_after']}; failed connects {d['connects_failed']}"
+            )
+    lines.append("")
+    return lines
+
+
 def table(report: dict[str, Any]) -> str:
     """Per workload, a block of subjects: figure, ratio, throughput, latency, load-gen CPU."""
     machine = report["machine"]
@@ -194,6 +231,7 @@ def table(report: dict[str, Any]) -> str:
             figures = "  ".join(f"{name}: {value:.1f} s" for name, value in entry.items())
             lines.append(f"  {subject:<15} {figures}")
         lines.append("")
+    lines += _soak_lines(report)
     lines.append(summary(report))
     return "\n".join(lines) + "\n"
 
