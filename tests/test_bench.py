@@ -75,7 +75,7 @@ def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> 
     the asyncio version, the /live lines on tornws, the others on the rest."""
     _, stderr, data, _ = quick
     names = [w["name"] for w in data["workloads"]]
-    assert len(names) == 22
+    assert len(names) == 24
     fanout = [name for name in names if name.startswith("broadcast ")]
     assert fanout == [
         "broadcast 100 paced",
@@ -90,7 +90,7 @@ def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> 
         "deflate broadcast 100 paced 1 KiB",
         "deflate broadcast 100 burst 1 KiB",
     ]
-    chat = [name for name in names if name.startswith("chat")]
+    chat = [name for name in names if name.startswith("chat") and " fill " not in name]
     assert chat == [
         "chat 100 paced",
         "chat 100 burst",
@@ -99,7 +99,9 @@ def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> 
     ]
     live = [name for name in names if name.startswith("live")]
     assert live == ["live memory ×100×10", "live 100 paced", "live 100 burst", "live fill 200"]
-    plain = [name for name in names if name not in deflate + chat + live]
+    fills = [name for name in names if name.startswith("chat") and " fill " in name]
+    assert fills == ["chat fill 200", "chat.json fill 200"]
+    plain = [name for name in names if name not in deflate + chat + live + fills]
     for subject_name, subject in data["subjects"].items():
         if subject_name.endswith(("+deflate", "+shared")):
             mine = deflate
@@ -108,9 +110,9 @@ def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> 
         elif subject_name == "raw-tornado":  # no chat
             mine = plain
         elif subject_name == "asyncio":  # no /live
-            mine = plain + chat
+            mine = plain + chat + fills
         else:
-            mine = plain + chat + live
+            mine = plain + chat + fills + live
         assert sorted(subject["results"]) == sorted(mine), subject_name
         for name in mine:
             result = subject["results"][name]
@@ -130,11 +132,19 @@ def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> 
     # The fill line: 200 subscribers in one channel, in that many seconds.
     fill = data["subjects"]["tornws"]["results"]["live fill 200"]
     assert fill["units"] == 200
-    assert data["fill_seconds"] == {
-        "tornws": {"live fill 200": pytest.approx(fill["seconds"], abs=0.01)}
-    }
+    assert data["fill_seconds"]["tornws"]["live fill 200"] == pytest.approx(
+        fill["seconds"], abs=0.01
+    )
+    # The chat rooms of 200, plain text and chat.json: everyone in, one line to all.
+    for subject_name in ("tornws", "asyncio"):
+        assert set(data["fill_seconds"][subject_name]) >= set(fills)
+        for name in fills:
+            line = data["subjects"][subject_name]["results"][name]
+            assert line["joined"] == line["members"] == line["units"] == 200, subject_name
+            assert line["reached"] == (200 if name.startswith("chat.json") else 199)
+    assert data["unfilled"] == {}
     # One progress line per workload, and one for --allocations.
-    assert stderr.count("] tornws: ") == 19 + 1
+    assert stderr.count("] tornws: ") == 21 + 1
     assert stderr.count("] floor: ") == 5 + 1
     assert stderr.count("] tornws+shared: ") == 3 + 1
 

@@ -78,6 +78,8 @@ def say(text: str) -> str:
 def test_payloads_round_trip() -> None:
     event = ChatEvent("message", "ann", "hé <b>", time=1.5, origin="x-1")
     assert decode_payload(encode_payload(event)) == event
+    diff = ChatEvent("presence_diff", "", time=2.0, joins=("ann", "bo"), leaves=("cy",))
+    assert decode_payload(encode_payload(diff)) == diff
     assert decode_payload(encode_payload(Message("text"))) == Message("text")
     assert decode_payload(encode_payload(Message(b"\x00\xff"))) == Message(b"\x00\xff")
     with pytest.raises(TypeError):

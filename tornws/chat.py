@@ -6,6 +6,14 @@ Two subprotocols speak the same rooms:
 - ``chat``: plain text, one chat line per WebSocket message; others in the room
   receive ``<nick>: <text>``, and ``* <nick> joined`` / ``* <nick> left``.
 
+A *crowded* room (:data:`CROWD` members or more in this process) announces its
+joins and leaves together, at most once per :data:`CROWD_INTERVAL`: one
+``presence_diff`` event naming who came and went (plain text: ``* 3 joined: a, b,
+c; 1 left: d``), instead of one event per join for every member (O(N²) as a room
+fills). A newcomer's ``presence`` then lists the room as of its last notice and
+names the newcomer in ``nick`` (its own join is in the next notice); that list is
+made once per notice, not sorted and encoded for each newcomer.
+
 A published :class:`ChatEvent` is encoded at most once per format per message,
 whatever the number of receivers (:meth:`tornws.broker.Envelope.encode`), and
 the same frame goes to every member through the registry's direct fan-out. The
@@ -16,12 +24,15 @@ on tornws's data plane.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import collections
 import dataclasses
 import itertools
 import json
 import logging
 import re
 import time
+import weakref
 from collections.abc import Awaitable
 from typing import Any, Callable, ClassVar
 
@@ -33,6 +44,8 @@ from .registry import Registry
 from .transport import Transport
 
 __all__ = [
+    "CROWD",
+    "CROWD_INTERVAL",
     "JSON",
     "NICK_MAX_LENGTH",
     "READY_TIMEOUT",
@@ -62,6 +75,11 @@ _NICK_RE = re.compile(rf"[^\s\x00-\x1f\x7f]{{1,{NICK_MAX_LENGTH}}}")
 #: The longest chat line accepted, in characters (longer: an ``error`` event, or
 #: for plain text a truncated line). The WebSocket size limit applies first.
 TEXT_MAX_LENGTH = 4096
+#: Members of a room, in this process, from which its joins and leaves are announced
+#: together (``presence_diff``), at most once per :data:`CROWD_INTERVAL`.
+CROWD = 1000
+#: Seconds: a crowded room's joins and leaves wait at most this long to be announced.
+CROWD_INTERVAL = 1.0
 
 
 def validate_nick(nick: str) -> str:
@@ -89,6 +107,8 @@ class ChatEvent:
         time: when the server accepted it, Unix seconds.
         origin: the sending connection's id, so that a plain-text sender is not
             sent its own line back.
+        joins: for ``"presence_diff"`` (a crowded room's notice): who joined, in order.
+        leaves: for ``"presence_diff"``: who left, in order.
     """
 
     type: str
@@ -96,6 +116,8 @@ class ChatEvent:
     text: str = ""
     time: float = dataclasses.field(default_factory=time.time)
     origin: str = ""
+    joins: tuple[str, ...] = ()
+    leaves: tuple[str, ...] = ()
 
 
 class ChatInputError(TornwsError, ValueError):
@@ -123,6 +145,13 @@ class TextCodec:
             return Message(f"* {event.nick} joined")
         if event.type == "leave":
             return Message(f"* {event.nick} left")
+        if event.type == "presence_diff":
+            parts = [
+                f"{len(nicks)} {verb}: {', '.join(nicks)}"
+                for nicks, verb in ((event.joins, "joined"), (event.leaves, "left"))
+                if nicks
+            ]
+            return Message(f"* {'; '.join(parts)}")
         return None
 
     def decode(self, data: str) -> str:
@@ -153,6 +182,9 @@ class JsonCodec:
         if event.type == "message":
             body["sender"] = event.nick
             body["text"] = event.text
+        elif event.type == "presence_diff":
+            body["joins"] = list(event.joins)
+            body["leaves"] = list(event.leaves)
         else:
             body["nick"] = event.nick
         return Message(_dumps(body))
@@ -196,7 +228,7 @@ TEXT = TextCodec()
 JSON = JsonCodec()
 
 
-def _dumps(body: dict[str, Any]) -> str:
+def _dumps(body: Any) -> str:
     """Compact JSON, non-ASCII kept as is."""
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
@@ -204,6 +236,43 @@ def _dumps(body: dict[str, Any]) -> str:
 def presence_event(room: str, nicks: list[str]) -> Message:
     """The ``presence`` event: who is in the room now (sent to one client)."""
     return Message(_dumps({"type": "presence", "room": room, "members": sorted(nicks)}))
+
+
+class _Crowd:
+    """A crowded room's joins and leaves not announced yet, and its members as of its
+    last notice: what a newcomer is told, sorted and each as JSON, made once per notice
+    (not a sort and an encoding of N nicks per newcomer)."""
+
+    __slots__ = ("encoded", "joins", "leaves", "nicks")
+
+    def __init__(self) -> None:
+        self.joins: list[str] = []
+        self.leaves: list[str] = []
+        self.nicks: list[str] | None = None
+        self.encoded: list[str] = []
+
+    def listed(self, others: list[Any]) -> list[str]:
+        """The members as of the last notice, sorted: ``others`` (the room now, the
+        first time) without the joins since and with the leaves since."""
+        if self.nicks is None:
+            now = collections.Counter(n for n in others if isinstance(n, str))
+            now.update(self.leaves)
+            now.subtract(self.joins)
+            self.nicks = sorted(now.elements())
+            self.encoded = [_dumps(n) for n in self.nicks]
+        return self.nicks
+
+
+#: registry → room → its pending notice (a room is here while one is due).
+_crowds: weakref.WeakKeyDictionary[Registry, dict[str, _Crowd]] = weakref.WeakKeyDictionary()
+
+
+def _flush(registry: Registry, room: str) -> None:
+    """Announce a crowded room's joins and leaves since the last notice."""
+    crowd = _crowds.get(registry, {}).pop(room, None)
+    if crowd is not None and (crowd.joins or crowd.leaves):
+        event = ChatEvent("presence_diff", "", joins=tuple(crowd.joins), leaves=tuple(crowd.leaves))
+        registry.broker.publish(room, event)
 
 
 def resumed_event(room: str, recovered: bool, count: int) -> Message:
@@ -251,6 +320,10 @@ class ChatHandler(WebSocketHandler):
     ``room_authorizer``: a function ``(current_user, room) -> bool``; ``False``
     refuses the upgrade with HTTP 403 (``not allowed in room <room>``).
 
+    ``crowd``: from this many members in this process (:data:`CROWD`), a room's
+    joins and leaves are announced together, once per :data:`CROWD_INTERVAL`
+    (``presence_diff``; see the module docstring).
+
     A ``chat.json`` client that reconnects with ``since=<epoch>:<id>`` (the last
     event it saw) first gets the events it missed, then a ``resumed`` event; or,
     when the room's history cannot tell them all, only ``resumed`` with
@@ -270,6 +343,7 @@ class ChatHandler(WebSocketHandler):
     since: tuple[str, int] | None = None
     room_authorizer: Callable[[Any, str], bool] | None = None
     default_room = "lobby"
+    crowd = CROWD
     _waiting: list[Envelope] | None = None
     _seen: tuple[str, int] | None = None
     _joined = False
@@ -280,11 +354,13 @@ class ChatHandler(WebSocketHandler):
         *,
         default_room: str = "lobby",
         room_authorizer: Callable[[Any, str], bool] | None = None,
+        crowd: int = CROWD,
         **options: Any,
     ) -> None:
         super().initialize(registry, **options)
         self.default_room = default_room
         self.room_authorizer = room_authorizer
+        self.crowd = crowd
         self.room = ""
         self.nick = ""
         self.since: tuple[str, int] | None = None
@@ -349,7 +425,11 @@ class ChatHandler(WebSocketHandler):
         broker = self.registry.broker
         if self.since is not None:
             missed = await broker.recover(self.room, *self.since)
-        others = await broker.presence(self.room)  # every process's (not this one yet)
+        crowd = self._crowd()
+        if crowd is not None and crowd.nicks is not None:
+            others = []  # (the crowd's list, made once per notice)
+        else:
+            others = await broker.presence(self.room)  # every process's (not this one yet)
         if self.ws_connection is None or self.ws_connection.is_closing():
             return
         self._greet(missed, others)
@@ -357,22 +437,36 @@ class ChatHandler(WebSocketHandler):
     def _greet(self, missed: list[Envelope] | None, others: list[Any]) -> None:
         """Presence (``others`` and us; or the plain-text welcome), what was missed, then
         our own join, listed in the room's presence from now on."""
-        nicks = [nick for nick in others if isinstance(nick, str)]
-        nicks.append(self.nick)
         self.registry.broker.presence_add(self.room, self.connection_id, self.nick)
+        crowd = self._crowd()
+        if crowd is not None:  # the room as of its last notice; we are in the next one
+            nicks = crowd.listed(others)
+        else:
+            nicks = sorted([nick for nick in others if isinstance(nick, str)] + [self.nick])
         if self.codec is JSON:
-            self.send(presence_event(self.room, nicks))
+            if crowd is not None:  # (as presence_event, without sorting or encoding N nicks)
+                room, nick, members = _dumps(self.room), _dumps(self.nick), ",".join(crowd.encoded)
+                self.send(
+                    Message(
+                        f'{{"type":"presence","room":{room},"members":[{members}],"nick":{nick}}}'
+                    )
+                )
+            else:
+                self.send(presence_event(self.room, nicks))
             if self.since is not None:
                 self._replay(missed)
         else:
-            here = ", ".join(sorted(nicks))
+            if crowd is not None:
+                nicks = nicks[:]
+                bisect.insort(nicks, self.nick)
+            here = ", ".join(nicks)
             self.send(Message(f"* you are {self.nick} in {self.room}; here: {here}"))
         waiting, self._waiting = self._waiting, None
         for envelope in waiting or ():
             self.deliver(envelope)
         if waiting is not None and self._seen is None:
             self.registry.update(self)  # greeted: on the direct path from now on
-        self.publish("join")
+        self._announce("join", crowd)
         self._joined = True
 
     def on_message(self, message: str | bytes) -> Awaitable[None] | None:
@@ -415,7 +509,7 @@ class ChatHandler(WebSocketHandler):
             self._joined = False
             self.registry.broker.presence_remove(self.room, self.connection_id)  # (first)
             if left:
-                self.publish("leave")
+                self._announce("leave", self._crowd())
 
     def _replay(self, missed: list[Envelope] | None) -> None:
         """Send what was missed since :attr:`since`, then ``resumed``."""
@@ -430,6 +524,28 @@ class ChatHandler(WebSocketHandler):
         epoch, offset = self.since
         self._seen = (epoch, max([offset, *(e.offset for e in missed)]))
         self.send(resumed_event(self.room, True, len(missed)))
+
+    def _crowd(self) -> _Crowd | None:
+        """The room's pending notice when it is crowded (made now, due in
+        :data:`CROWD_INTERVAL`, if the room just is), else ``None``."""
+        registry = self.registry
+        rooms = _crowds.get(registry)
+        crowd = rooms.get(self.room) if rooms is not None else None
+        if crowd is None and registry.count(self.room) >= self.crowd:
+            if rooms is None:
+                rooms = _crowds[registry] = {}
+            crowd = rooms[self.room] = _Crowd()
+            asyncio.get_running_loop().call_later(CROWD_INTERVAL, _flush, registry, self.room)
+        return crowd
+
+    def _announce(self, kind: str, crowd: _Crowd | None) -> None:
+        """Our ``join`` or ``leave``: published now, or in the crowd's next notice."""
+        if crowd is None:
+            self.publish(kind)
+        elif kind == "join":
+            crowd.joins.append(self.nick)
+        else:
+            crowd.leaves.append(self.nick)
 
     def publish(self, kind: str, text: str = "") -> None:
         """Publish a chat event of this connection to its room."""

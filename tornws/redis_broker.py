@@ -303,12 +303,12 @@ def encode_payload(payload: object) -> str:
     """A published payload as JSON text (chat events, channel publications and presence
     changes, control messages, messages)."""
     if isinstance(payload, ChatEvent):
-        return json.dumps(
-            {
-                "chat": [payload.type, payload.nick, payload.text, payload.time, payload.origin],
-            },
-            ensure_ascii=False,
-        )
+        chat: dict[str, Any] = {
+            "chat": [payload.type, payload.nick, payload.text, payload.time, payload.origin],
+        }
+        if payload.joins or payload.leaves:  # a crowded room's notice
+            chat["diff"] = [payload.joins, payload.leaves]
+        return json.dumps(chat, ensure_ascii=False)
     if isinstance(payload, Publication):
         return json.dumps({"pub": [payload.data, payload.origin]}, ensure_ascii=False)
     if isinstance(payload, PresenceChange):
@@ -335,7 +335,10 @@ def decode_payload(text: str | bytes) -> object:
         return PresenceChange(channel, kind, members)
     if "chat" in body:
         kind, nick, line, when, origin = body["chat"]
-        return ChatEvent(kind, nick, line, time=when, origin=origin)
+        joins, leaves = body.get("diff", ((), ()))
+        return ChatEvent(
+            kind, nick, line, time=when, origin=origin, joins=tuple(joins), leaves=tuple(leaves)
+        )
     if "disconnect" in body:
         user, code, reason = body["disconnect"]
         return Disconnect(user, code, reason)

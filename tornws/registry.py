@@ -238,6 +238,11 @@ class Registry:
         members = self._rooms.get(room)
         return members.get_plan().members if members is not None else ()
 
+    def count(self, room: str) -> int:
+        """How many local members ``room`` has."""
+        members = self._rooms.get(room)
+        return len(members.members) if members is not None else 0
+
     def rooms(self) -> list[str]:
         """The rooms that have local members, sorted."""
         return sorted(self._rooms)

@@ -223,9 +223,10 @@ class _Wheel:
         if self.handle is not None:
             self.handle.cancel()
         self.due = tick
-        self.handle = self.loop.call_at(tick * TICK, self._fire)
+        # (A function and the loop, not a bound method: no wheel <-> handle cycle.)
+        self.handle = self.loop.call_at(tick * TICK, _fire, self.loop)
 
-    def _fire(self) -> None:
+    def fire(self) -> None:
         self.handle = None
         buckets = self.buckets
         now = self.loop.time()
@@ -241,6 +242,12 @@ class _Wheel:
                 except Exception:  # (one connection's failure stops no other's keepalive)
                     log.exception("keepalive check of %s failed", transport.describe())
                     transport.abort()
+
+
+def _fire(loop: asyncio.AbstractEventLoop) -> None:
+    wheel = _wheels.get(loop)
+    if wheel is not None:
+        wheel.fire()
 
 
 #: Seconds: the keepalive and idle checks run within this much after they are due.

@@ -74,6 +74,8 @@ class Plan:
     #: of the fill line.
     live: tuple[int, int] = (0, 0)
     live_fill: int = 0
+    #: Members of the chat fill lines (one room, plain text and chat.json).
+    chat_fill: int = 0
     #: ``--redis``: (subscribers on the other process, publications one at a time,
     #: publications with :data:`PUBLISH_IN_FLIGHT` at once) of the publish-path lines.
     publish: tuple[int, int, int] = (0, 0, 0)
@@ -98,14 +100,14 @@ def plan(
     if quick:
         return Plan(
             True, 0.3, (100, 200), (10, 10), 100, 200, 500 if scale else 0, 100 if deflate else 0,
-            chat_sizes=((100, 10),), live=(100, 10), live_fill=200,
+            chat_sizes=((100, 10),), live=(100, 10), live_fill=200, chat_fill=200,
             publish=(20, 10, 40) if redis else (0, 0, 0),
             soak=(500, 50, 6.0) if soak else (0, 0, 0.0),
         )  # fmt: skip
     return Plan(
         False, 4.0, (1000, 5000), (200, 50), 2000, 5000, 10_000 if scale else 0,
         1000 if deflate else 0, rounds=3, chat_sizes=((1000, 200),), live=(1000, 200),
-        live_fill=10_000, publish=(100, 200, 2000) if redis else (0, 0, 0),
+        live_fill=10_000, chat_fill=10_000, publish=(100, 200, 2000) if redis else (0, 0, 0),
         soak=(10_000, 300, 90.0) if soak else (0, 0, 0.0),
     )  # fmt: skip
 
@@ -224,6 +226,16 @@ def _workloads(p: Plan) -> list[Workload]:
             for receivers, messages in p.chat_sizes
             for route in ("chat", "chat.json")
             for paced in (True, False)
+        ),
+        *(
+            Workload(
+                f"{route} fill {p.chat_fill}",
+                "member",
+                lambda server, fanout, route=route: load.chat_fill(server, p.chat_fill, route),
+                "fill",
+            )
+            for route in ("chat", "chat.json")
+            if p.chat_fill
         ),
         *(
             [
@@ -379,7 +391,8 @@ async def run(
 
     limit = raise_open_files_limit()
     p = plan(quick, scale, deflate, redis, soak)
-    needed = max(*p.broadcast_sizes, p.scale, p.live_fill, p.soak[0] + p.soak[1] * 10) + 64
+    needed = max(*p.broadcast_sizes, p.scale, p.live_fill, p.chat_fill, p.soak[0] + p.soak[1] * 10)
+    needed += 64
     if limit < needed:
         raise ConfigError(f"the open-files hard limit is {limit}; the bench needs {needed}")
     cpus = _cpus()

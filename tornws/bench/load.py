@@ -29,6 +29,7 @@ __all__ = [
     "Fanout",
     "FanoutClient",
     "Measurement",
+    "chat_fill",
     "check",
     "close_all",
     "deflate_memory",
@@ -897,6 +898,86 @@ async def live_fill(server: Running, count: int, concurrency: int = 100) -> Meas
         await _wait(lambda: reached >= count, f"the publication to {count} subscribers")
     finally:
         await close_all(clients)
+    return result
+
+
+#: How long a chat fill may take before what got in is reported as is.
+CHAT_FILL_LIMIT = 120.0
+
+
+async def chat_fill(
+    server: Running, count: int, route: str = "chat", concurrency: int = 100
+) -> Measurement:
+    """Fill one chat room (``route``: ``chat`` for plain text, ``chat.json``) with ``count``
+    members, ``concurrency`` handshakes in flight; a member counts once its greeting is in
+    (the welcome line, or the ``presence`` event). Every join is announced to the room (a
+    crowded one coalesces them: tornws), so a room's fill is O(N²) without that. Then one
+    line from the first member must reach every other. What did not get in within
+    :data:`CHAT_FILL_LIMIT` is reported (``details``), not waited for. Latencies: connect to
+    greeting, per member; ``seconds``: the whole fill."""
+    result = Measurement("member")
+    gate = asyncio.Semaphore(concurrency)
+    greeting = b'{"type":"presence"' if route == "chat.json" else b"* you are "
+    marker = b'"text":"filled"' if route == "chat.json" else b"m0: filled"
+    reached = 0
+    headers = {"Sec-WebSocket-Protocol": route}
+
+    class Member(Client):
+        def __init__(self) -> None:
+            super().__init__(self.on_text)
+            self.greeted = asyncio.get_running_loop().create_future()
+
+        def on_text(self, client: Client, kind: WSMsgType, frame: WSFrame) -> None:
+            nonlocal reached
+            payload = frame.get_payload_as_bytes()
+            if not self.greeted.done():
+                if payload.startswith(greeting):
+                    self.greeted.set_result(None)
+            elif marker in payload:
+                reached += 1
+
+    members: list[Client] = []
+    by_index: dict[int, Client] = {}
+
+    async def one(index: int) -> None:
+        async with gate:
+            start = time.perf_counter()
+            _, client = await asyncio.wait_for(
+                ws_connect(
+                    Member,
+                    f"{server.url}/chat/fill?nick=m{index}",
+                    read_buffer_init_size=2048,
+                    extra_headers=headers,
+                ),
+                STUCK,
+            )
+            assert isinstance(client, Member)
+            members.append(client)
+            by_index[index] = client
+            await asyncio.wait_for(client.greeted, STUCK)
+            result.latencies.append(time.perf_counter() - start)
+
+    window = _Window(server, result)
+    window.start()
+    tasks = [asyncio.ensure_future(one(i)) for i in range(count)]
+    _, pending = await asyncio.wait(tasks, timeout=CHAT_FILL_LIMIT)
+    window.stop()
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    joined = len(result.latencies)
+    result.units = joined
+    result.details = {"members": count, "joined": joined, "reached": None}
+    try:
+        if joined == count:
+            first = by_index[0]  # m0: the nick the plain-text line comes from
+            line = b'{"type":"message","text":"filled"}' if route == "chat.json" else b"filled"
+            first.send(WSMsgType.TEXT, line)
+            others = count if route == "chat.json" else count - 1
+            await _wait(lambda: reached >= others, f"the line to {others} members")
+            result.details["reached"] = reached
+    finally:
+        await close_all(members)
     return result
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "soaked",
     "summary",
     "table",
+    "unfilled",
 ]
 
 BASELINE = "asyncio"
@@ -96,16 +97,28 @@ def _times(ratio: float) -> str:
     return "—" if math.isnan(ratio) else f"{ratio:.2f}×"
 
 
-_FILL = re.compile(r"live fill (\d+)")
+_FILL = re.compile(r"(live|chat|chat\.json) fill (\d+)")
 
 
 def fills(report: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per subject, each ``live fill N`` line's seconds to fill the channel."""
+    """Per subject, each ``live fill N`` / ``chat fill N`` line's seconds to fill the
+    channel or room (all in, or as far as it got: see :func:`unfilled`)."""
     result: dict[str, dict[str, float]] = {}
     for subject, data in report["subjects"].items():
         for name, m in data["results"].items():
             if _FILL.fullmatch(name):
                 result.setdefault(subject, {})[name] = round(m.seconds, 2)
+    return result
+
+
+def unfilled(report: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Per subject, each chat fill line that did not get everyone in: how many did."""
+    result: dict[str, dict[str, int]] = {}
+    for subject, data in report["subjects"].items():
+        for name, m in data["results"].items():
+            details = m.details
+            if _FILL.fullmatch(name) and details and details["joined"] < details["members"]:
+                result.setdefault(subject, {})[name] = int(details["joined"])
     return result
 
 
@@ -224,11 +237,18 @@ def table(report: dict[str, Any]) -> str:
             figures = "  ".join(f"{name}: {value:.2f}×" for name, value in entry.items())
             lines.append(f"  {subject:<15} {figures}")
         lines.append("")
-    filled = fills(report)
+    filled, short = fills(report), unfilled(report)
     if filled:
-        lines.append("/live, seconds to fill one channel (100 handshakes in flight, presence on):")
+        lines.append(
+            "seconds to fill one /live channel (presence on) or chat room, 100 handshakes in "
+            "flight (a room not full in 120 s: how many got in):"
+        )
         for subject, entry in filled.items():
-            figures = "  ".join(f"{name}: {value:.1f} s" for name, value in entry.items())
+            figures = "  ".join(
+                f"{name}: {value:.1f} s"
+                + (f" ({short[subject][name]} in)" if name in short.get(subject, {}) else "")
+                for name, value in entry.items()
+            )
             lines.append(f"  {subject:<15} {figures}")
         lines.append("")
     lines += _soak_lines(report)
@@ -287,6 +307,7 @@ def jsonable(report: dict[str, Any]) -> dict[str, Any]:
         "paced_growth": growth(report),
         "chat_to_broadcast": chat_to_broadcast(report),
         "fill_seconds": fills(report),
+        "unfilled": unfilled(report),
     }
 
 

@@ -191,7 +191,7 @@ def builtin_subjects(asyncio_server: Path = ASYNCIO_SERVER) -> list[Subject]:
         Subject(
             "asyncio",
             [python, str(asyncio_server), "--port", "{port}", *quiet],
-            groups=("memory", "echo", "fanout", "chat", "handshake", "soak"),  # no /live
+            groups=("memory", "echo", "fanout", "chat", "fill", "handshake", "soak"),  # no /live
         ),
         Subject(
             "raw-tornado",

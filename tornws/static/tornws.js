@@ -16,6 +16,8 @@
 //             while disconnected, sent again on reconnecting.
 //   presence  {members}: who is in the room, sorted (nicks are not unique: a nick present twice
 //             is listed twice). Sent when connected and whenever someone joins or leaves.
+//   presence_diff  the server's notice of a crowded room {joins, leaves}: who came and went in
+//             the last second (then a presence event); your own join arrives in one.
 //   resumed   {recovered, count} after a reconnect: `count` missed events were replayed, or
 //             (recovered false) the server could not tell them all and replayed none.
 //   error     the server's error event {code, detail}; the connection stays open.
@@ -161,6 +163,17 @@ export class ChatClient extends EventTarget {
       case "presence":
         this._members = new Map();
         for (const nick of event.members) this._count(nick, 1);
+        if (event.nick !== undefined) {
+          // A crowded room: the list is as of its last notice; our join is in the next one.
+          this._ownJoinPending = false;
+          this.nick = event.nick;
+        }
+        this._emit("presence", { members: this.members });
+        break;
+      case "presence_diff":
+        for (const nick of event.joins) this._count(nick, 1);
+        for (const nick of event.leaves) this._count(nick, -1);
+        this._emit("presence_diff", event);
         this._emit("presence", { members: this.members });
         break;
       case "join":
