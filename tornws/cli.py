@@ -265,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
         "RSS growth and open files",
     )
     bench.add_argument(
+        "--storm",
+        action="store_true",
+        help="also a restart under load (needs redis-server): 10,000 chat.json clients, the "
+        "server drained with 1012 and replaced; when all are back and resumed, refusals, "
+        "lines lost",
+    )
+    bench.add_argument(
         "--deflate",
         action="store_true",
         help="also permessage-deflate: memory per connection and 1 KiB chat broadcasts on "

@@ -233,6 +233,7 @@ def _workloads(p: Plan) -> list[Workload]:
                 "member",
                 lambda server, fanout, route=route: load.chat_fill(server, p.chat_fill, route),
                 "fill",
+                fresh=True,  # (a server still flooded by the line before would not say much)
             )
             for route in ("chat", "chat.json")
             if p.chat_fill
@@ -464,6 +465,18 @@ async def _counts(
     return counts
 
 
+def _extras(
+    args: Any, report: dict[str, Any], runner: Callable[[Any], Any], progress: Callable[[str], None]
+) -> None:
+    """``--storm``: the restart under load (tornws only), into ``report["storm"]``."""
+    if getattr(args, "storm", False):
+        from .storm import storm
+
+        count = 200 if args.quick else 10_000
+        progress(f"tornws: storm, {count} chat.json clients")
+        report["storm"] = runner(storm(count, _cpus()))
+
+
 def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run the bench as the ``tornws bench`` command parsed ``args``; return the exit status."""
     from . import report as reporting
@@ -533,6 +546,7 @@ def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int
             soak=bool(getattr(args, "soak", False)),
         )
     )
+    _extras(args, report, runner, progress)
     for counter in ("allocations", "instructions"):
         if getattr(args, counter, False):
             report[counter] = runner(

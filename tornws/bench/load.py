@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from ..exceptions import TornwsError
 from ..live import LIVE_SUBPROTOCOL
@@ -939,22 +939,33 @@ async def chat_fill(
     members: list[Client] = []
     by_index: dict[int, Client] = {}
 
+    failed = 0
+
     async def one(index: int) -> None:
+        nonlocal failed
         async with gate:
             start = time.perf_counter()
-            _, client = await asyncio.wait_for(
-                ws_connect(
-                    Member,
-                    f"{server.url}/chat/fill?nick=m{index}",
-                    read_buffer_init_size=2048,
-                    extra_headers=headers,
-                ),
-                STUCK,
-            )
+            try:
+                _, client = await asyncio.wait_for(
+                    ws_connect(
+                        Member,
+                        f"{server.url}/chat/fill?nick=m{index}",
+                        read_buffer_init_size=2048,
+                        extra_headers=headers,
+                    ),
+                    STUCK,
+                )
+            except (OSError, asyncio.TimeoutError, WSError):
+                failed += 1  # (a server too busy to answer the handshake in time)
+                return
             assert isinstance(client, Member)
             members.append(client)
             by_index[index] = client
-            await asyncio.wait_for(client.greeted, STUCK)
+            try:
+                await asyncio.wait_for(client.greeted, STUCK)
+            except asyncio.TimeoutError:
+                failed += 1
+                return
             result.latencies.append(time.perf_counter() - start)
 
     window = _Window(server, result)
@@ -967,7 +978,7 @@ async def chat_fill(
     await asyncio.gather(*pending, return_exceptions=True)
     joined = len(result.latencies)
     result.units = joined
-    result.details = {"members": count, "joined": joined, "reached": None}
+    result.details = {"members": count, "joined": joined, "failed": failed, "reached": None}
     try:
         if joined == count:
             first = by_index[0]  # m0: the nick the plain-text line comes from
@@ -977,8 +988,20 @@ async def chat_fill(
             await _wait(lambda: reached >= others, f"the line to {others} members")
             result.details["reached"] = reached
     finally:
-        await close_all(members)
+        await _leave(members, gracefully=joined == count)
     return result
+
+
+async def _leave(clients: list[Client], gracefully: bool) -> None:
+    """Close ``clients``; not ``gracefully``: drop them (a flooded room's closing handshakes
+    would queue behind its backlog), then give the server 5 s to see it."""
+    if gracefully:
+        await close_all(clients)
+        return
+    for client in clients:
+        if client.transport is not None:
+            client.transport.disconnect()
+    await asyncio.sleep(5.0)
 
 
 #: The channel the publish-path workloads publish to, and their API key (``--redis``).

@@ -132,6 +132,25 @@ def soaked(report: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     return result
 
 
+def _storm_lines(report: dict[str, Any]) -> list[str]:
+    storm = report.get("storm")
+    if not storm:
+        return []
+    return [
+        f"storm: {storm['clients']} chat.json clients on Redis (filled in "
+        f"{storm['fill_seconds']} s); SIGTERM → old process gone "
+        f"{storm['old_process_exited_s']} s (close codes {storm['close_codes']}), "
+        f"new one listening {storm['new_process_listening_s']} s",
+        f"  all back and resumed after {storm['all_back_s']} s (p50 {storm['back_p50_s']} s, "
+        f"p99 {storm['back_p99_s']} s); {storm['attempts']} attempts, at most "
+        f"{storm['attempts_max']} for one client; refused: {storm['refused']} "
+        f"(by the new process: {storm['refused_by_new_process']})",
+        f"  resumes recovered: {storm['recovered']}, not: {storm['not_recovered']}; every line "
+        f"sent meanwhile exactly once: {storm['every_line_once']} of {storm['clients']}",
+        "",
+    ]
+
+
 def _soak_lines(report: dict[str, Any]) -> list[str]:
     soaks = soaked(report)
     if not soaks:
@@ -252,6 +271,7 @@ def table(report: dict[str, Any]) -> str:
             lines.append(f"  {subject:<15} {figures}")
         lines.append("")
     lines += _soak_lines(report)
+    lines += _storm_lines(report)
     lines.append(summary(report))
     return "\n".join(lines) + "\n"
 
