@@ -402,3 +402,32 @@ def test_bench_soak_reports_stalls_collections_memory_and_files(tmp_path: Path) 
     tornws_line = data["subjects"]["tornws"]["results"][name]
     assert tornws_line["gc_longest_ms"] > 0 and tornws_line["gc_over_20ms"] >= 0
     assert data["subjects"]["asyncio"]["results"][name]["gc_longest_ms"] is None
+
+
+def test_bench_storm_brings_every_client_back_resumed(tmp_path: Path) -> None:
+    """--storm: 200 chat.json clients on Redis, the server drained with 1012 and replaced;
+    every client is back, resumed with recovered true, has each line sent meanwhile exactly
+    once, and nothing was refused but by the draining process (503) or while no one listened."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("--storm needs redis-server (apt-get install redis-server)")
+    pytest.importorskip("picows", reason="tornws bench needs the bench extra (picows)")
+    pytest.importorskip("redis", reason="--storm needs redis-py (the redis extra)")
+    out = tmp_path / "storm.json"
+    result = run(
+        tornws_command(
+            "bench", "--quick", "--only", "tornws", "--storm", "--workloads", "idle memory",
+            "--json", str(out),
+        ),
+        timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    storm = json.loads(out.read_text())["storm"]
+    assert storm["clients"] == 200 and storm["close_codes"] == {"1012": 200}
+    assert storm["recovered"] == 200 and storm["not_recovered"] == 0
+    assert storm["every_line_once"] == 200 and storm["upgraded_never_resumed"] == 0
+    assert storm["refused_by_new_process"] == 0
+    assert set(storm["refused"]) <= {"HTTP 503 draining", "nobody listening"}
+    assert storm["new_process_listening_s"] <= storm["all_back_s"] < 60
+    assert "storm: 200 chat.json clients on Redis" in result.stdout

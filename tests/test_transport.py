@@ -8,8 +8,9 @@ import contextlib
 import logging
 import os
 import random
+import socket
 import struct
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import tornado.web
@@ -60,6 +61,19 @@ class TornadoPlane(tornws.EchoHandler):
     tornado_data_plane = True
 
 
+class SlowToUpgrade(tornws.ChatHandler):
+    """A chat whose ``prepare`` takes a while (a busy server): the peer may be gone by then."""
+
+    opened: ClassVar[list[str]] = []
+
+    async def prepare(self) -> None:
+        await asyncio.sleep(0.2)
+
+    def open(self, room: str | None = None) -> Any:
+        SlowToUpgrade.opened.append(room or "")
+        return super().open(room)
+
+
 @pytest.fixture
 def outcome() -> list[str]:
     return []
@@ -73,6 +87,7 @@ def app(registry: tornws.Registry, outcome: list[str]) -> Any:
             (r"/bulk", Bulk, {"max_outgoing": 0}),
             (r"/closer", Closer, {"outcome": outcome}),
             (r"/tornado", TornadoPlane),
+            (r"/slowchat/(.*)", SlowToUpgrade, {"registry": registry}),
             *tornws.routes(registry=registry),
         ]
     )
@@ -385,3 +400,33 @@ async def test_transport_is_freed_without_the_collector(
         assert transport() is None
     finally:
         gc.enable()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_peer_gone_before_the_upgrade_is_through_is_never_opened(
+    http_port: int, http_server: Any, node: Any, caplog: Any, *, ws_connect: Any, ws_url: str
+) -> None:
+    """A client that sends its upgrade and resets the connection while the server is still
+    busy with it (a reconnect storm): no open(), no error logged, nothing left open, and
+    the server goes on serving."""
+    SlowToUpgrade.opened.clear()
+    for _ in range(5):
+        _, writer = await asyncio.open_connection("127.0.0.1", http_port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                f"GET /slowchat/hall HTTP/1.1\r\nHost: 127.0.0.1:{http_port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST, at once
+    await asyncio.sleep(0.6)  # every prepare is over, and what follows it
+    assert SlowToUpgrade.opened == []
+    assert "Uncaught exception" not in caplog.text and "Traceback" not in caplog.text
+    assert not node.connections
+    chat = await ws_connect(f"{ws_url}/chat/hall?nick=ann")  # everyone else is still served
+    assert (await recv(chat)).startswith("* you are ann in hall")

@@ -417,6 +417,10 @@ class RedisBroker(Broker):
         self.skipped = 0
         self._redis: Any = None
         self._positions: dict[str, str] = {}  # subscribed room -> last stream id delivered
+        # Reads in flight, shared by whoever asks the same while they are (a reconnect
+        # storm: 10,000 greetings of one room are a few reads, not 10,000 at once).
+        self._presence_reads: dict[str, asyncio.Future[list[Any]]] = {}
+        self._range_reads: dict[str, tuple[int, str, asyncio.Future[Any]]] = {}
         self._epochs: dict[str, str] = {}  # subscribed room -> its epoch as last seen
         self._pending: dict[str, asyncio.Future[None]] = {}  # rooms waiting for a position
         # (room, payload, keep, the future of its (epoch, offset) or None)
@@ -763,9 +767,18 @@ class RedisBroker(Broker):
         return self.presence_local(room) if self._redis is None else None
 
     async def presence(self, room: str) -> list[Any]:
-        local = self.presence_local(room)
         if self._redis is None:
-            return local
+            return self.presence_local(room)
+        read = self._presence_reads.get(room)
+        if read is None:  # (else: share the read in flight, one at a time per room)
+            read = asyncio.ensure_future(self._read_presence(room))
+            self._presence_reads[room] = read
+            read.add_done_callback(lambda _: self._presence_reads.pop(room, None))
+        others = await asyncio.shield(read)
+        return self.presence_local(room) + others
+
+    async def _read_presence(self, room: str) -> list[Any]:
+        """The other processes' entries of ``room`` (none when Redis does not answer)."""
         try:
             values = await asyncio.wait_for(
                 self._read_script(
@@ -775,9 +788,9 @@ class RedisBroker(Broker):
             )
         except self._read_errors as exc:
             self._read_failed(exc, room)
-            return local
+            return []
         self._read_worked()
-        return local + [json.loads(value) for value in values]
+        return [json.loads(value) for value in values]
 
     async def presence_count(self, room: str) -> int:
         if self._redis is None:
@@ -943,29 +956,55 @@ class RedisBroker(Broker):
 
     # History
 
+    async def _read_range(
+        self, room: str, offset: int, position: str
+    ) -> tuple[list[tuple[int, bool, int, Envelope]], Any]:
+        """``room``'s stream after ``offset`` up to ``position``, decoded once for every
+        reader that shares it: ``(offset, kept, time in ms, envelope)`` each, and the
+        room's epoch now."""
+        redis = self._redis
+        assert redis is not None
+        entries = await redis.xrange(self._key(room, "stream"), f"{offset + 1}-1", position)
+        epoch = await redis.get(self._key(room, "epoch"))
+        decoded = []
+        for entry_id, fields in entries:
+            number = int(entry_id.split("-", 1)[0])
+            envelope = Envelope(room, number, decode_payload(fields["p"]), str(epoch))
+            decoded.append((number, fields.get("k") != "0", int(fields["t"]), envelope))
+        return decoded, epoch
+
     async def recover(self, room: str, epoch: str, offset: int) -> list[Envelope] | None:
         """The envelopes of ``room`` after ``offset`` up to what this process has
         delivered, or ``None`` if Redis cannot tell them all."""
-        redis = self._redis
         position = self._positions.get(room)
         if position is None or self._epochs.get(room) != epoch:
             return None
         upto = int(position.split("-", 1)[0])
         if offset >= upto:
             return []  # (anything newer comes live)
+        shared = self._range_reads.get(room)
+        if shared is None or shared[0] > offset or shared[1] != position:
+            read = asyncio.ensure_future(self._read_range(room, offset, position))
+            entry = shared = self._range_reads[room] = (offset, position, read)
+
+            def done(future: asyncio.Future[Any]) -> None:
+                if self._range_reads.get(room) is entry:
+                    del self._range_reads[room]
+                if not future.cancelled():
+                    future.exception()  # (retrieved: each waiter gets it, if any is left)
+
+            read.add_done_callback(done)
         try:
-            entries = await redis.xrange(self._key(room, "stream"), f"{offset + 1}-1", position)
-            current = await redis.get(self._key(room, "epoch"))
+            entries, current = await asyncio.shield(shared[2])
         except self._errors:
             return None  # cannot tell: the client learns it with recovered false
-        if current != epoch or not entries or int(entries[0][0].split("-", 1)[0]) != offset + 1:
+        entries = [entry for entry in entries if entry[0] > offset]
+        if current != epoch or not entries or entries[0][0] != offset + 1:
             return None
-        if any(fields.get("k") == "0" for _, fields in entries):
+        if not all(kept for _, kept, _, _ in entries):
             return None  # a message that was not to be kept is in the range
         horizon = time.time() * 1000 - self.history_age * 1000
-        if int(entries[0][1]["t"]) <= horizon:
+        if entries[0][2] <= horizon:
             return None
-        return [
-            Envelope(room, int(entry_id.split("-", 1)[0]), decode_payload(fields["p"]), epoch)
-            for entry_id, fields in entries
-        ]
+        # (The same envelopes for every reader: each is encoded once per codec.)
+        return [envelope for _, _, _, envelope in entries]

@@ -110,6 +110,11 @@ def ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
     return context
 
 
+#: Connections the kernel may hold unaccepted (capped by ``net.core.somaxconn``). Tornado's
+#: default, 128, drops the SYNs of a reconnect storm: clients then wait seconds to retry.
+BACKLOG = 4096
+
+
 async def serve(
     application: tornado.web.Application,
     host: str = "127.0.0.1",
@@ -140,7 +145,7 @@ async def serve(
     """
     # Also the handshake timeout: a client must send its request within it.
     server_options.setdefault("idle_connection_timeout", DEFAULT_HANDSHAKE_TIMEOUT)
-    sockets = tornado.netutil.bind_sockets(port, host, reuse_port=reuse_port)
+    sockets = tornado.netutil.bind_sockets(port, host, reuse_port=reuse_port, backlog=BACKLOG)
     server = tornado.httpserver.HTTPServer(application, **server_options)
     server.add_sockets(sockets)
     scheme = "https" if server_options.get("ssl_options") else "http"

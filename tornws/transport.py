@@ -415,6 +415,8 @@ class Transport(tornado.websocket.WebSocketProtocol):
         handler.finish()
         self.stream = handler._detach_stream()
         self._take_over()
+        if self._finished:  # the peer was gone before the upgrade was through: no open()
+            return
         try:
             opened = handler.open(*handler.open_args, **handler.open_kwargs)
             if opened is not None:

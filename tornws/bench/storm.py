@@ -16,6 +16,7 @@ reconnect times, how many attempts were refused and how (503 from the draining p
 no one listening, and any refusal by the new process, which should be none), how many
 resumes recovered, and whether every client got every line exactly once (live or
 replayed). Needs redis-server and the ``redis`` extra. Linux only, like the bench.
+``TORNWS_STORM_LOG=FILE`` keeps the servers' and Redis's output there.
 """
 
 from __future__ import annotations
@@ -142,7 +143,11 @@ class _Member:
             self.report.attempts += 1
             if await self.connect(url):
                 break
-        await asyncio.wait_for(asyncio.shield(self.back), 60)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.back), 60)
+        except asyncio.TimeoutError:
+            self.report.never_resumed.append(self)
+            return
         self.report.attempts_per_client.append(attempt)
         self.report.back_after.append(self.back.result() - started)
 
@@ -154,6 +159,8 @@ class _Report:
         self.attempts = 0
         self.attempts_per_client: list[int] = []
         self.back_after: list[float] = []
+        #: Upgraded again, but no ``resumed`` within 60 s.
+        self.never_resumed: list[_Member] = []
         #: Seconds: the fill; from the SIGTERM to the old process's exit, to the new listening.
         self.filled = self.exited = self.listening = 0.0
 
@@ -191,7 +198,7 @@ async def storm(count: int, cpus: tuple[int | None, int | None] = (None, None)) 
         raise ConfigError("--storm needs redis-server (apt-get install redis-server)")
     raise_open_files_limit()
     redis_port, port = _free_port(), _free_port()
-    log = open(os.devnull, "wb")  # noqa: SIM115 - closed below
+    log = open(os.environ.get("TORNWS_STORM_LOG", os.devnull), "wb")  # noqa: SIM115 - closed below
     redis = _start(
         [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no"],
@@ -290,6 +297,7 @@ def _figures(report: _Report, members: list[_Member]) -> dict[str, Any]:
         "recovered": report.recovered[True],
         "not_recovered": report.recovered[False],
         "every_line_once": complete,
+        "upgraded_never_resumed": len(report.never_resumed),
     }
 
 
