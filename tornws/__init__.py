@@ -36,6 +36,8 @@ from .broker import (
     MemoryBroker,
 )
 from .chat import (
+    CROWD,
+    CROWD_INTERVAL,
     JSON,
     NICK_MAX_LENGTH,
     READY_TIMEOUT,
@@ -146,6 +148,8 @@ __all__ = [
     "ACTIONS",
     "CHANNEL_PATTERN",
     "CONTROL_ROOM",
+    "CROWD",
+    "CROWD_INTERVAL",
     "DEFAULT_COMPRESSION",
     "DEFAULT_HISTORY",
     "DEFAULT_HISTORY_AGE",

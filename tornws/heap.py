@@ -46,15 +46,15 @@ class Pauses:
         "_settling",
         "_started",
         "collected",
+        "durations",
         "freezing",
         "frozen_passes",
         "longest",
-        "seconds",
     )
 
     def __init__(self) -> None:
         #: Generation → a histogram of its passes' durations.
-        self.seconds = tuple(Histogram(PAUSE_BUCKETS) for _ in range(3))
+        self.durations = tuple(Histogram(PAUSE_BUCKETS) for _ in range(3))
         #: Generation → its longest pass, in seconds.
         self.longest = [0.0, 0.0, 0.0]
         #: Generation → unreachable objects its passes found (cycles freed).
@@ -72,7 +72,7 @@ class Pauses:
             return
         seconds = time.perf_counter() - self._started
         generation = info["generation"]
-        self.seconds[generation].observe(seconds)
+        self.durations[generation].observe(seconds)
         self.longest[generation] = max(self.longest[generation], seconds)
         self.collected[generation] += info.get("collected", 0)
         if not self.freezing:

@@ -143,7 +143,7 @@ def _gc_families(pauses: heap.Pauses) -> Iterator[Any]:
         "Unreachable objects (reference cycles) the collector freed, by generation.",
         labels=["generation"],
     )
-    for generation, histogram in enumerate(pauses.seconds):
+    for generation, histogram in enumerate(pauses.durations):
         label = [str(generation)]
         seconds.add_metric(label, histogram.cumulative(), histogram.sum)
         longest.add_metric(label, pauses.longest[generation])
