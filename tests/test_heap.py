@@ -37,21 +37,26 @@ async def test_serve_freezes_the_survivors_of_collections_and_reports_every_pass
     start_server: Any, ws_connect: Any, freeze: bool
 ) -> None:
     """``tornws serve`` freezes what is alive once built, then what survives later passes
-    (the frozen count grows as connections arrive); ``--no-gc-freeze`` freezes nothing.
+    (the frozen count grows once connections have arrived and a full pass has run);
+    ``--no-gc-freeze`` freezes nothing.
     Either way every pass is timed, by generation, on ``/metrics``."""
     port = free_port()
     flags = [] if freeze else ["--no-gc-freeze"]
     start_server([sys.executable, "-m", "tornws", "serve", "--port", str(port), *flags], port)
     before = await scrape(port)
-    for _ in range(300):
-        await ws_connect(f"ws://127.0.0.1:{port}/echo")
-    after = await scrape(port)
+    full = ("tornws_gc_pause_seconds_count", "2")
+    for _ in range(10):  # until a full pass has run since (Python 3.13 collects less often)
+        for _ in range(100):
+            await ws_connect(f"ws://127.0.0.1:{port}/echo")
+        after = await scrape(port)
+        if after[full] > before[full]:
+            break
     frozen = ("tornws_gc_frozen_objects", "")
     if freeze:
         assert before[frozen] > 10_000  # the app, once built
         assert after[frozen] > before[frozen]  # survivors of the passes since
-    else:
-        assert before[frozen] == after[frozen] == 0
+    else:  # (nothing frozen by tornws: Python 3.12+ keeps a few hundred of its own there)
+        assert before[frozen] == after[frozen] < 1000
     young = ("tornws_gc_pause_seconds_count", "0")
     assert after[young] > before[young]
     assert after[("tornws_gc_pause_seconds_count", "1")] > 0
