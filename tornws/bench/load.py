@@ -936,8 +936,7 @@ async def chat_fill(
             elif marker in payload:
                 reached += 1
 
-    members: list[Client] = []
-    by_index: dict[int, Client] = {}
+    by_index: dict[int, Client] = {}  # the members that connected, by their nick's number
 
     failed = 0
 
@@ -959,7 +958,6 @@ async def chat_fill(
                 failed += 1  # (a server too busy to answer the handshake in time)
                 return
             assert isinstance(client, Member)
-            members.append(client)
             by_index[index] = client
             try:
                 await asyncio.wait_for(client.greeted, STUCK)
@@ -988,7 +986,7 @@ async def chat_fill(
             await _wait(lambda: reached >= others, f"the line to {others} members")
             result.details["reached"] = reached
     finally:
-        await _leave(members, gracefully=joined == count)
+        await _leave(list(by_index.values()), gracefully=joined == count)
     return result
 
 

@@ -27,7 +27,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ from typing import Any
 from picows import WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from ..exceptions import ConfigError
-from .subjects import _free_port, raise_open_files_limit
+from .subjects import Running, Subject, _free_port, raise_open_files_limit
 
 __all__ = ["LINES", "MAX_DELAY", "MIN_DELAY", "storm"]
 
@@ -165,24 +164,12 @@ class _Report:
         self.filled = self.exited = self.listening = 0.0
 
 
-def _start(command: list[str], cpu: int | None, log: Any) -> subprocess.Popen[bytes]:
+def _start(name: str, command: list[str], cpu: int | None, log: Any, port: int) -> Running:
+    """``command`` running, pinned to ``cpu``, its output into ``log``; not yet listening."""
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     if cpu is not None:
         os.sched_setaffinity(process.pid, {cpu})
-    return process
-
-
-def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ConfigError(f"{process.args!r} exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise ConfigError(f"nothing listening on 127.0.0.1:{port} after {timeout:.0f} s")
+    return Running(Subject(name), f"ws://127.0.0.1:{port}", process.pid, process)
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -200,9 +187,10 @@ async def storm(count: int, cpus: tuple[int | None, int | None] = (None, None)) 
     redis_port, port = _free_port(), _free_port()
     log = open(os.environ.get("TORNWS_STORM_LOG", os.devnull), "wb")  # noqa: SIM115 - closed below
     redis = _start(
+        "redis-server",
         [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no"],
-        cpus[0], log,
+        cpus[0], log, redis_port,
     )  # fmt: skip
     serve = [
         sys.executable, "-m", "tornws", "serve", "--port", str(port), "--restart",
@@ -210,20 +198,21 @@ async def storm(count: int, cpus: tuple[int | None, int | None] = (None, None)) 
     ]  # fmt: skip
     url = f"ws://127.0.0.1:{port}"
     report = _Report()
-    servers: list[subprocess.Popen[bytes]] = []
+    servers: list[Running] = []
     members = [_Member(i, report) for i in range(count)]
     try:
-        _wait_listening(redis_port, redis)
-        servers.append(_start(serve, cpus[0], log))
-        _wait_listening(port, servers[0])
+        redis.wait_listening(redis_port)
+        servers.append(_start("tornws", serve, cpus[0], log, port))
+        servers[0].wait_listening(port)
         await _fill(members, url, report)
         started = time.perf_counter()
         returns = [asyncio.ensure_future(m.come_back(url, started)) for m in members]
-        servers[0].send_signal(signal.SIGTERM)
-        await asyncio.to_thread(servers[0].wait, 60)
+        assert servers[0].process is not None
+        servers[0].process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(servers[0].process.wait, 60)
         report.exited = time.perf_counter() - started
-        servers.append(_start(serve, cpus[0], log))
-        await asyncio.to_thread(_wait_listening, port, servers[1])
+        servers.append(_start("tornws (new)", serve, cpus[0], log, port))
+        await asyncio.to_thread(servers[1].wait_listening, port, 30.0)
         report.listening = time.perf_counter() - started
         first = await _first_back(members)
         for i in range(LINES):
@@ -239,14 +228,8 @@ async def storm(count: int, cpus: tuple[int | None, int | None] = (None, None)) 
         for member in members:
             if member.transport is not None:
                 member.transport.disconnect()
-        for process in [*servers, redis]:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        for running in [*servers, redis]:
+            running.stop()
         log.close()
 
 
