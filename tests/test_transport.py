@@ -315,9 +315,11 @@ async def raw_request(port: int, request: bytes) -> bytes:
     return answer
 
 
-def upgrade_request(key: str = "dGhlIHNhbXBsZSBub25jZQ==", version: str = "HTTP/1.1") -> bytes:
+def upgrade_request(
+    key: str = "dGhlIHNhbXBsZSBub25jZQ==", version: str = "HTTP/1.1", path: str = "/echo"
+) -> bytes:
     return (
-        f"GET /echo {version}\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"GET {path} {version}\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
         "Sec-WebSocket-Version: 13\r\n\r\n"
     ).encode()
@@ -412,13 +414,8 @@ async def test_a_peer_gone_before_the_upgrade_is_through_is_never_opened(
     SlowToUpgrade.opened.clear()
     for _ in range(5):
         _, writer = await asyncio.open_connection("127.0.0.1", http_port)
-        key = base64.b64encode(os.urandom(16)).decode()
         writer.write(
-            (
-                f"GET /slowchat/hall HTTP/1.1\r\nHost: 127.0.0.1:{http_port}\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
+            upgrade_request(base64.b64encode(os.urandom(16)).decode(), path="/slowchat/hall")
         )
         await writer.drain()
         sock = writer.get_extra_info("socket")
