@@ -301,6 +301,45 @@ async def test_an_unkept_message_is_delivered_but_ends_what_can_be_resumed(redis
         await broker.close()
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_what_a_process_publishes_right_after_subscribing_reaches_it(redis: Redis) -> None:
+    """A room subscribed and published to on the same loop turn (a /live subscriber's own
+    join, a chat user's join): the process reads its own publication, even when the room's
+    stream already has entries and the reader is busy with another room."""
+    from tornws.broker import Envelope
+    from tornws.redis_broker import RedisBroker
+
+    seen: list[Envelope] = []
+    other = RedisBroker(redis.url)  # gives "late" a stream with entries
+    broker = RedisBroker(redis.url)
+    broker.attach(seen.append)
+    other.attach(lambda envelope: None)
+    await other.start()
+    await broker.start()
+    try:
+        for text in ("old 1", "old 2"):
+            other.publish("late", Message(text))
+        broker.subscribe("busy")  # the reader now waits in a blocking read of "busy"
+        ready = broker.ready("busy")
+        if ready is not None:
+            await ready
+        await asyncio.sleep(0.2)
+        for round in range(3):
+            broker.subscribe("late")
+            broker.publish("late", Message(f"mine {round}"))
+            for _ in range(200):
+                if seen:
+                    break
+                await asyncio.sleep(0.01)
+            assert [e.payload for e in seen] == [Message(f"mine {round}")]
+            seen.clear()
+            broker.unsubscribe("late")
+            await asyncio.sleep(0.15)
+    finally:
+        await broker.close()
+        await other.close()
+
+
 class Live:
     """A /live client that keeps the pushes arriving while it waits for a reply."""
 

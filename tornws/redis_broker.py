@@ -101,6 +101,9 @@ HEARTBEAT_INTERVAL = 2.0
 PRESENCE_CRASH_BOUND = PRESENCE_TTL + HEARTBEAT_INTERVAL
 #: Seconds a presence read waits for Redis before answering with this process's entries.
 PRESENCE_TIMEOUT = 1.0
+# Seconds a publication to a room this process just subscribed to waits for the reader to
+# find where that room's stream stands (one round trip to Redis, after its blocking read).
+_READY_WAIT = 1.0
 
 # KEYS: stream, epoch, counter. ARGV: payload, a fresh epoch, maxlen, ttl in ms, keep ("1"
 # or "0": a message not to keep still goes through the stream, every process reads it there,
@@ -626,6 +629,8 @@ class RedisBroker(Broker):
             goodbye = self._goodbye is not None and not self._goodbye.done()
             if not (batch or self._resync or goodbye):
                 continue
+            if self._pending:  # a room subscribed here and not read yet: read it first
+                await self._await_readers(batch)
             try:
                 await self._send(batch, maxlen, ttl)
             except asyncio.CancelledError:
@@ -635,6 +640,15 @@ class RedisBroker(Broker):
                 log.exception("publishing %d message(s) failed", len(batch))
                 self._fail(batch, f"cannot publish: {exc}")
                 self._resync = True  # (presence writes among them)
+
+    async def _await_readers(self, batch: list[tuple[str, object, bool, Any]]) -> None:
+        """Wait (at most ``_READY_WAIT`` seconds) until the reader has found where each room
+        of ``batch`` that this process just subscribed to stands, so that what it
+        publishes there (a subscriber's own join, say) is not taken for past history."""
+        pending = self._pending
+        waiting = {pending[room] for room, _, _, _ in batch if room in pending}
+        if waiting:
+            await asyncio.wait(waiting, timeout=_READY_WAIT)
 
     @staticmethod
     def _fail(batch: list[tuple[str, object, bool, Any]], why: str) -> None:
