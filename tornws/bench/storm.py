@@ -90,11 +90,14 @@ class _Member:
         self.greeted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.back: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self.lost: asyncio.Event = asyncio.Event()
-        self.close_code: int | None = None
+        self.close_code: int | None = None  # (the first: the drain's)
+        self.last_code: int | None = None
 
     def closed(self, code: Any) -> None:
-        if self.close_code is None and code is not None:
-            self.close_code = int(code)
+        if code is not None:
+            if self.close_code is None:
+                self.close_code = int(code)
+            self.last_code = int(code)
         self.lost.set()
 
     def resumed(self, recovered: bool) -> None:
@@ -140,13 +143,25 @@ class _Member:
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
             attempt += 1
             self.report.attempts += 1
-            if await self.connect(url):
+            self.lost.clear()
+            self.last_code = None
+            if not await self.connect(url):
+                continue
+            lost = asyncio.ensure_future(self.lost.wait())
+            back = asyncio.shield(self.back)
+            await asyncio.wait((back, lost), timeout=60, return_when=asyncio.FIRST_COMPLETED)
+            lost.cancel()
+            if self.back.done():
                 break
-        try:
-            await asyncio.wait_for(asyncio.shield(self.back), 60)
-        except asyncio.TimeoutError:
-            self.report.never_resumed.append(self)
-            return
+            if not self.lost.is_set():  # upgraded, and neither told resumed nor closed
+                back.cancel()
+                self.report.never_resumed.append(self)
+                return
+            # Lost after the upgrade, before its resume was answered: try again, as
+            # tornws.js does (counted by how the connection ended).
+            back.cancel()
+            code = self.last_code
+            self.report.dropped[f"close {code}" if code else "disconnected"] += 1
         self.report.attempts_per_client.append(attempt)
         self.report.back_after.append(self.back.result() - started)
 
@@ -158,7 +173,9 @@ class _Report:
         self.attempts = 0
         self.attempts_per_client: list[int] = []
         self.back_after: list[float] = []
-        #: Upgraded again, but no ``resumed`` within 60 s.
+        #: Upgraded again, then closed before ``resumed`` (and tried again), by how.
+        self.dropped: Counter[str] = Counter()
+        #: Upgraded again, but neither ``resumed`` nor closed within 60 s.
         self.never_resumed: list[_Member] = []
         #: Seconds: the fill; from the SIGTERM to the old process's exit, to the new listening.
         self.filled = self.exited = self.listening = 0.0
@@ -280,6 +297,7 @@ def _figures(report: _Report, members: list[_Member]) -> dict[str, Any]:
         "recovered": report.recovered[True],
         "not_recovered": report.recovered[False],
         "every_line_once": complete,
+        "dropped_before_resumed": dict(report.dropped),
         "upgraded_never_resumed": len(report.never_resumed),
     }
 
