@@ -51,21 +51,25 @@ def test_bench_quick_checks_every_server(quick: tuple[str, str, dict, Path]) -> 
         "tornws",
         "asyncio",
         "raw-tornado",
+        "websockets",
         "tornws+deflate",
         "tornws+shared",
         "asyncio+deflate",
         "floor",
     }
+    echoes = [
+        "echo 0 B text+binary",
+        "echo 125 B text+binary",
+        "echo 126 B text+binary",
+        "echo 65535 B text+binary",
+        "echo 65536 B text+binary",
+    ]
     for name, subject in data["subjects"].items():
         assert subject["error"] is None, name
-        assert subject["checks"] == [
-            "echo 0 B text+binary",
-            "echo 125 B text+binary",
-            "echo 126 B text+binary",
-            "echo 65535 B text+binary",
-            "echo 65536 B text+binary",
-            "broadcast to 3, sender included, types kept",
-        ]
+        if name == "websockets":  # (no /broadcast: an echo on every path)
+            assert subject["checks"] == echoes
+        else:
+            assert subject["checks"] == [*echoes, "broadcast to 3, sender included, types kept"]
         assert f"{name}: checks passed" in stdout
 
 
@@ -102,17 +106,15 @@ def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> 
     fills = [name for name in names if name.startswith("chat") and " fill " in name]
     assert fills == ["chat fill 200", "chat.json fill 200"]
     plain = [name for name in names if name not in deflate + chat + live + fills]
+    lines_of = {
+        "floor": fanout,  # broadcasts only
+        "raw-tornado": plain,  # no chat
+        "websockets": [n for n in plain if n.startswith(("idle memory", "echo ", "handshake"))],
+        "asyncio": plain + chat + fills,  # no /live
+        "tornws": plain + chat + fills + live,
+    }
     for subject_name, subject in data["subjects"].items():
-        if subject_name.endswith(("+deflate", "+shared")):
-            mine = deflate
-        elif subject_name == "floor":  # broadcasts only
-            mine = fanout
-        elif subject_name == "raw-tornado":  # no chat
-            mine = plain
-        elif subject_name == "asyncio":  # no /live
-            mine = plain + chat + fills
-        else:
-            mine = plain + chat + fills + live
+        mine = lines_of.get(subject_name, deflate)
         assert sorted(subject["results"]) == sorted(mine), subject_name
         for name in mine:
             result = subject["results"][name]
@@ -153,7 +155,7 @@ def test_bench_quick_table_and_plot(quick: tuple[str, str, dict, Path]) -> None:
     """The table names the machine and ratios; the plot is a PNG."""
     stdout, _, data, folder = quick
     assert "server pinned to CPU" in stdout and "ratio = figure / asyncio's" in stdout
-    assert "| workload | tornws | asyncio | raw-tornado | floor |" in stdout
+    assert "| workload | tornws | asyncio | raw-tornado | websockets | floor |" in stdout
     assert "| workload | tornws+deflate | tornws+shared | asyncio+deflate |" in stdout
     assert data["machine"]["python"] == ".".join(map(str, sys.version_info[:3]))
     assert (folder / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -165,7 +167,7 @@ def test_bench_quick_counts_allocations_per_delivery(quick: tuple[str, str, dict
     stdout, _, data, _ = quick
     assert data["allocations"]["receivers"] == [100]
     counts = {name: figures["100"] for name, figures in data["allocations"]["per_delivery"].items()}
-    assert set(counts) == set(data["subjects"])
+    assert set(counts) == set(data["subjects"]) - {"websockets"}  # (it has no /broadcast)
     assert all(count > 0 for name, count in counts.items() if name != "floor"), counts
     # memray's count depends on the interpreter as much as on the code: on 3.12+ the same code
     # counts more (a loop turn making one C method call and one C function call: 2 on 3.11,
@@ -227,6 +229,40 @@ def test_bench_refuses_non_loopback_url() -> None:
     result = run(tornws_command("bench", "--quick", "--url", "ws://10.0.0.1:80", "--pid", "1"))
     assert result.returncode == 2
     assert "--url must be ws:// on 127.0.0.1 or [::1]" in result.stderr
+
+
+def test_bench_rounds_alternate_subjects_and_keep_the_median(tmp_path: Path) -> None:
+    """--rounds 3: tornws, asyncio and bare websockets take turns three times; each line's
+    figure is its median round's, every round's figure and its ratio to the asyncio
+    version's of the same round are in the JSON and the table."""
+    pytest.importorskip("picows", reason="tornws bench needs the bench extra (picows)")
+    out = tmp_path / "r.json"
+    result = run(
+        tornws_command(
+            "bench", "--quick", "--only", "tornws,websockets", "--workloads", "handshake",
+            "--rounds", "3", "--json", str(out),
+        ),
+        timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    assert list(data["subjects"]) == ["tornws", "asyncio", "websockets"]
+    order = [line.split("] ", 1)[1] for line in result.stderr.splitlines() if "round " in line]
+    assert order == [
+        f"{name}: round {turn} of 3"
+        for turn in (1, 2, 3)
+        for name in ("tornws", "asyncio", "websockets")
+    ]
+    (name,) = [w["name"] for w in data["workloads"]]
+    lines = {subject: data["subjects"][subject]["results"][name] for subject in data["subjects"]}
+    for subject, line in lines.items():
+        assert len(line["runs"]) == 3 and line["units"] > 0, subject
+        assert line["cpu_us_per_unit"] == pytest.approx(sorted(line["runs"])[1], abs=0.01)
+        ratios = [mine / base for mine, base in zip(line["runs"], lines["asyncio"]["runs"])]
+        assert line["ratio_runs"] == pytest.approx(ratios, abs=0.01)
+    assert lines["asyncio"]["ratio_runs"] == [1.0, 1.0, 1.0]
+    assert result.stdout.count("rounds: ") == 3
+    assert run(tornws_command("bench", "--rounds", "0")).returncode == 2
 
 
 def test_bench_ratio_is_relative_to_asyncio() -> None:

@@ -15,6 +15,7 @@ PUBLIC_MODULES = [
     "tornws.admission",
     "tornws.auth",
     "tornws.bench",
+    "tornws.bench.bare_websockets",
     "tornws.bench.counts",
     "tornws.bench.load",
     "tornws.bench.raw_tornado",

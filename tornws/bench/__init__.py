@@ -337,12 +337,12 @@ async def _run_subject(
     running = subject.start(cpus[0])
     results: dict[str, Any] = {"checks": [], "results": {}, "error": None}
     try:
-        results["checks"] = await load.check(running)
+        groups = getattr(subject, "groups", ())
+        results["checks"] = await load.check(running, broadcast=not groups or "fanout" in groups)
         offer = getattr(subject, "offer", None)
         fanout = load.Fanout(running, verify=quick, offer=offer)
         try:
             for workload in workloads:
-                groups = getattr(subject, "groups", ())
                 if (
                     workload.group not in groups
                     if groups
@@ -385,11 +385,15 @@ async def run(
     select: str | None = None,
     redis: bool = False,
     soak: bool = False,
+    rounds: int = 1,
 ) -> dict[str, Any]:
     """Run every workload (``select``: those whose name matches that regular expression)
-    on every subject; return the report (see ``--json``)."""
+    on every subject, the whole sequence ``rounds`` times in turn (each subject's figure
+    is then its median round's); return the report (see ``--json``)."""
     from .subjects import raise_open_files_limit
 
+    if rounds < 1:
+        raise ConfigError("--rounds must be 1 or more")
     limit = raise_open_files_limit()
     p = plan(quick, scale, deflate, redis, soak)
     needed = max(*p.broadcast_sizes, p.scale, p.live_fill, p.chat_fill, p.soak[0] + p.soak[1] * 10)
@@ -412,11 +416,32 @@ async def run(
         "workloads": [{"name": w.name, "unit": w.unit, "baseline": w.baseline} for w in workloads],
         "subjects": {},
     }
-    for subject in subjects:
-        report["subjects"][subject.name] = await _run_subject(
-            subject, workloads, cpus, progress, quick
-        )
+    runs: dict[str, list[dict[str, Any]]] = {subject.name: [] for subject in subjects}
+    for turn in range(rounds):
+        for subject in subjects:
+            if rounds > 1:
+                progress(f"{subject.name}: round {turn + 1} of {rounds}")
+            runs[subject.name].append(await _run_subject(subject, workloads, cpus, progress, quick))
+    for name, results in runs.items():
+        report["subjects"][name] = _median_round(results)
     return report
+
+
+def _median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One subject's rounds as one: per workload, the round with the median figure,
+    carrying every round's figure in ``runs``; the first error, if any."""
+    from .report import _figure
+
+    merged = dict(runs[0])
+    merged["error"] = next((run["error"] for run in runs if run["error"]), None)
+    merged["results"] = {}
+    for workload in runs[0]["results"]:
+        measurements = [run["results"][workload] for run in runs if workload in run["results"]]
+        chosen = sorted(measurements, key=_figure)[len(measurements) // 2]
+        if len(measurements) > 1:
+            chosen.runs = [round(_figure(m), 3) for m in measurements]
+        merged["results"][workload] = chosen
+    return merged
 
 
 def _count_plan(counter: str, args: Any) -> tuple[tuple[int, ...], int, int]:
@@ -448,6 +473,8 @@ async def _counts(
     for subject in subjects:
         if not subject.command or isinstance(subject, Cluster):
             continue
+        if subject.groups and "fanout" not in subject.groups:
+            continue  # (no /broadcast)
         figures = {}
         for receivers in sizes:
             progress(f"{subject.name}: {counter} per delivery to {receivers} ({COUNTERS[counter]})")
@@ -544,6 +571,7 @@ def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int
             select=select,
             redis=bool(args.redis),
             soak=bool(getattr(args, "soak", False)),
+            rounds=getattr(args, "rounds", 1),
         )
     )
     _extras(args, report, runner, progress)

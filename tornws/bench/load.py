@@ -66,6 +66,9 @@ class Measurement:
     #: When the workload ran several rounds and this is the median one: each round's
     #: CPU µs per unit, in the order they ran.
     rounds: list[float] = field(default_factory=list)
+    #: With ``tornws bench --rounds N`` (N > 1), this being the median round: the primary
+    #: figure (CPU µs per unit, or KiB per connection) of each round, in the order they ran.
+    runs: list[float] = field(default_factory=list)
     #: Figures of this workload's own (``soak``: the probe's worst round trip, …).
     details: dict[str, float | int | None] = field(default_factory=dict)
 
@@ -100,6 +103,7 @@ class Measurement:
                 round(self.bytes_per_unit / 1024, 2) if self.bytes_per_unit is not None else None
             ),
             **({"rounds_cpu_us_per_unit": self.rounds} if self.rounds else {}),
+            **({"runs": self.runs} if self.runs else {}),
             **self.details,
         }
 
@@ -758,8 +762,9 @@ def _collector() -> tuple[asyncio.Queue[tuple[WSMsgType, bytes]], Callable[..., 
 CHECK_SIZES = (0, 125, 126, 65535, 65536)
 
 
-async def check(server: Running) -> list[str]:
-    """Correctness: echo bytes and type at the length boundaries; broadcast to all, sender too.
+async def check(server: Running, broadcast: bool = True) -> list[str]:
+    """Correctness: echo bytes and type at the length boundaries; broadcast to all, sender
+    too (unless not ``broadcast``: a server with no /broadcast).
 
     Returns the checks that passed; raises :class:`CheckFailed` at the first that fails.
     """
@@ -774,6 +779,8 @@ async def check(server: Running) -> list[str]:
             await _expect(client, queue, kind, payload, f"/echo {kind.name.lower()} {size} B")
         passed.append(f"echo {size} B text+binary")
     await close_all([client])
+    if not broadcast:
+        return passed
     queues_handles = [_collector() for _ in range(3)]
     clients = [
         (await open_connections(f"{server.url}/broadcast", 1, h))[0] for _, h in queues_handles

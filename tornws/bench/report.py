@@ -14,6 +14,7 @@ __all__ = [
     "jsonable",
     "plot",
     "ratio",
+    "ratio_runs",
     "soaked",
     "summary",
     "table",
@@ -49,6 +50,19 @@ def ratio(report: dict[str, Any], subject: str, workload: str) -> float:
         return math.nan
     base_figure = _figure(base)
     return _figure(mine) / base_figure if base_figure else math.nan
+
+
+def ratio_runs(report: dict[str, Any], subject: str, workload: str) -> list[float]:
+    """With ``--rounds``: ``subject``'s figure over its baseline's in each round (the
+    two ran one after the other in every round); empty without rounds."""
+    try:
+        mine = report["subjects"][subject]["results"][workload].runs
+        base = report["subjects"][baseline(report, workload)]["results"][workload].runs
+    except KeyError:
+        return []
+    if len(mine) != len(base) or not all(base):
+        return []
+    return [round(m / b, 3) for m, b in zip(mine, base)]
 
 
 _PACED = re.compile(r"broadcast (\d+) paced")
@@ -147,6 +161,9 @@ def _storm_lines(report: dict[str, Any]) -> list[str]:
         f"(by the new process: {storm['refused_by_new_process']})",
         f"  resumes recovered: {storm['recovered']}, not: {storm['not_recovered']}; every line "
         f"sent meanwhile exactly once: {storm['every_line_once']} of {storm['clients']}",
+        f"  closed after the upgrade before told resumed (then tried again): "
+        f"{storm.get('dropped_before_resumed', {})}; upgraded, never told resumed nor "
+        f"closed within 60 s: {storm['upgraded_never_resumed']}",
         "",
     ]
 
@@ -218,6 +235,7 @@ def table(report: dict[str, Any]) -> str:
                 f" {'' if memory else _fmt(m.latency_ms(0.5), 2):>8}"
                 f" {'' if memory else _fmt(m.latency_ms(0.99), 2):>8}"
                 f" {'' if memory else _fmt(loadgen, 0) + '%':>8}"
+                + _rounds_cell(report, subject, name)
             )
         lines.append("")
     for counter, title in (
@@ -276,6 +294,17 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _rounds_cell(report: dict[str, Any], subject: str, workload: str) -> str:
+    m = report["subjects"][subject]["results"][workload]
+    if not m.runs:
+        return ""
+    ratios = ratio_runs(report, subject, workload)
+    shown = ", ".join(
+        f"{_fmt(v)}" + (f" ({r:.2f}×)" if ratios else "") for v, r in zip(m.runs, ratios or m.runs)
+    )
+    return f"   rounds: {shown}"
+
+
 def summary(report: dict[str, Any]) -> str:
     """The README tables: per baseline, one row per workload, figure and ratio per subject."""
     tables = []
@@ -318,6 +347,8 @@ def jsonable(report: dict[str, Any]) -> dict[str, Any]:
         for workload, m in data["results"].items():
             entry = m.as_dict()
             entry["ratio_to_asyncio"] = round(ratio(report, name, workload), 3)
+            if m.runs:
+                entry["ratio_runs"] = ratio_runs(report, name, workload)
             results[workload] = entry
         subjects[name] = {"checks": data["checks"], "error": data["error"], "results": results}
     rest = {k: v for k, v in report.items() if k != "subjects"}

@@ -7,9 +7,11 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit
 
 from ..exceptions import ConfigError
@@ -115,15 +117,18 @@ class Subject:
         if not self.command:
             return Running(self, self.url.rstrip("/"), self.pid, None)
         port = _free_port()
+        # Its output into an unlinked file (read back if it fails to start): a pipe nobody
+        # reads would stall a server that logs every connection, as servers do by default.
+        output = tempfile.TemporaryFile()  # noqa: SIM115 - closed by Running.stop
         process = subprocess.Popen(
             [part.replace("{port}", str(port)) for part in self.command],
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,  # inherits the raised open-files limit (see run())
+            stdout=output,
+            stderr=output,  # inherits the raised open-files limit (see run())
         )
         if cpu is not None:
             os.sched_setaffinity(process.pid, {cpu})
-        running = Running(self, f"ws://127.0.0.1:{port}", process.pid, process)
+        running = Running(self, f"ws://127.0.0.1:{port}", process.pid, process, output)
         running.wait_listening(port)
         return running
 
@@ -134,12 +139,17 @@ class Running:
     url: str
     pid: int
     process: subprocess.Popen[bytes] | None
+    #: Where the process's stdout and stderr go (``None``: elsewhere).
+    output: IO[bytes] | None = None
 
     def wait_listening(self, port: int, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                error = self.process.stderr.read().decode() if self.process.stderr else ""
+                error = ""
+                if self.output is not None:
+                    self.output.seek(0)
+                    error = self.output.read().decode(errors="replace")
                 raise ConfigError(f"{self.subject.name} exited at start:\n{error}")
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -167,8 +177,8 @@ class Running:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        if process.stderr:
-            process.stderr.close()
+        if self.output is not None:
+            self.output.close()
 
 
 def _check_loopback(url: str) -> None:
@@ -185,18 +195,23 @@ def builtin_subjects(asyncio_server: Path = ASYNCIO_SERVER) -> list[Subject]:
             "extra (pip install 'tornws[bench]') or pass --asyncio-server PATH"
         )
     python = sys.executable
-    quiet = ["--log-level", "warning"]
+    # (Both with their default logging: a line per connection opened and closed.)
     return [
-        Subject("tornws", [python, "-m", "tornws", "serve", "--port", "{port}", *quiet]),
+        Subject("tornws", [python, "-m", "tornws", "serve", "--port", "{port}"]),
         Subject(
             "asyncio",
-            [python, str(asyncio_server), "--port", "{port}", *quiet],
+            [python, str(asyncio_server), "--port", "{port}"],
             groups=("memory", "echo", "fanout", "chat", "fill", "handshake", "soak"),  # no /live
         ),
         Subject(
             "raw-tornado",
             [python, "-m", "tornws.bench.raw_tornado", "--port", "{port}"],
             groups=("memory", "echo", "fanout", "handshake"),  # no chat
+        ),
+        Subject(
+            "websockets",
+            [python, "-m", "tornws.bench.bare_websockets", "--port", "{port}"],
+            groups=("memory", "echo", "handshake"),  # an echo on every path, nothing else
         ),
     ]
 
@@ -210,9 +225,8 @@ def deflate_subjects(asyncio_server: Path = ASYNCIO_SERVER) -> list[Subject]:
     the asyncio version with the websockets library's permessage-deflate (its default
     settings); their receivers offer permessage-deflate."""
     python = sys.executable
-    quiet = ["--log-level", "warning"]
-    serve = [python, "-m", "tornws", "serve", "--port", "{port}", *quiet, "--compress"]
-    asyncio_version = [python, str(asyncio_server), "--port", "{port}", *quiet, "--compress"]
+    serve = [python, "-m", "tornws", "serve", "--port", "{port}", "--compress"]
+    asyncio_version = [python, str(asyncio_server), "--port", "{port}", "--compress"]
     group, offer = ("deflate",), DEFLATE_OFFER
     return [
         Subject("tornws+deflate", serve, groups=group, offer=offer),
