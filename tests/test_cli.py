@@ -140,6 +140,33 @@ def test_cli_serve_logs_lifecycle(tornws_serve: Server) -> None:
     assert "refused /chat peer=127.0.0.1 status=400 reason='unsupported subprotocol bad" in output
 
 
+def test_cli_serve_logs_each_connection_as_it_happens(tornws_serve: Server) -> None:
+    """The open line is there while the connection is still open (lines are buffered
+    for one event-loop turn at most), in the usual format; a warning too."""
+    import re
+    import time
+
+    from websockets.sync.client import connect
+
+    def line(text: str) -> str:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            found = [line for line in tornws_serve.output.splitlines() if text in line]
+            if found:
+                return found[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} line within 5 s:\n{tornws_serve.output}")
+
+    with connect(f"{tornws_serve.url}/echo") as client:
+        opened = line("open /echo peer=127.0.0.1")
+        assert re.fullmatch(
+            r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO tornws\.handlers: open /echo .*", opened
+        ), opened
+        client.send("still here")
+        assert client.recv(5) == "still here"
+    line("close /echo peer=127.0.0.1 code=1000")
+
+
 def test_cli_serve_user_app(tmp_path: Path, start_server: Any) -> None:
     """`tornws serve --app module:factory` serves the user's own application."""
     (tmp_path / "myapp.py").write_text(

@@ -16,6 +16,7 @@ from typing import Any
 import tornado.web
 
 from . import __version__
+from ._logs import configure as configure_logging
 from .exceptions import ConfigError
 
 __all__ = ["build_parser", "load_app", "main"]
@@ -233,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and every server answers correctly; no speed threshold",
     )
     bench.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the whole sequence of subjects N times in turn; each figure is the "
+        "median round's, and every round's figure and ratio is shown",
+    )
+    bench.add_argument(
         "--scale",
         action="store_true",
         help="also broadcast to 10,000 receivers (keepalive on), paced",
@@ -436,9 +445,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers > 1 and args.port == 0:
         raise ConfigError("--workers needs a fixed --port (the workers share it)")
     who = " [%(process)d]" if args.workers > 1 else ""
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s%(who)s %(levelname)s %(name)s: %(message)s".replace("%(who)s", who),
+    configure_logging(
+        args.log_level.upper(),
+        "%(asctime)s%(who)s %(levelname)s %(name)s: %(message)s".replace("%(who)s", who),
     )
     if not args.access_log:
         logging.getLogger("tornado.access").setLevel(logging.WARNING)
