@@ -29,6 +29,28 @@ class GreeterHandler(tornws.WebSocketHandler):
         self.registry.publish("greeters", tornws.Message(message))
 
 
+class TunedHandler(tornws.WebSocketHandler):
+    """Options as class attributes, its own initialize() without super(): they hold."""
+
+    max_outgoing = 4096
+    idle_timeout = 30.0
+
+    def initialize(self) -> None:
+        pass
+
+    def open(self) -> None:
+        self.write_message(f"{self.max_outgoing} {self.idle_timeout} {self.slow_consumer}")
+
+
+class MainRoomChat(tornws.ChatHandler):
+    """A chat whose default room is a class attribute, initialize() without super()."""
+
+    default_room = "main"
+
+    def initialize(self) -> None:
+        pass
+
+
 class VersionedHandler(tornws.WebSocketHandler):
     """Declares subprotocols with versions; requires one."""
 
@@ -53,6 +75,8 @@ def app(registry: tornws.Registry) -> Any:
     return tornado.web.Application(
         [
             (r"/greet", GreeterHandler, {"greeting": "hello"}),
+            (r"/tuned", TunedHandler),
+            (r"/main", MainRoomChat),
             (r"/api", VersionedHandler),
             (r"/quiet", QuietHandler, {"room": "mixed"}),
             (r"/loud", tornws.BroadcastHandler, {"room": "mixed"}),
@@ -80,6 +104,19 @@ async def test_subclass_without_super_initialize(
             break
         await asyncio.sleep(0.01)
     assert registry.rooms() == [] and node.connections == set()
+
+
+@pytest.mark.gen_test
+async def test_options_set_as_class_attributes_hold(ws_url: str, ws_connect: Any) -> None:
+    """A subclass's class attributes (max_outgoing, idle_timeout, a chat's default_room)
+    are what its connections use when its initialize() does not call super()."""
+    tuned = await ws_connect(f"{ws_url}/tuned")
+    assert await recv(tuned) == "4096 30.0 close"
+    chat = await ws_connect(f"{ws_url}/main", subprotocols=["chat"])
+    greeting = await recv(chat)
+    assert greeting.startswith("* you are guest-") and " in main; here: " in greeting, greeting
+    tuned.close()
+    chat.close()
 
 
 @pytest.mark.gen_test

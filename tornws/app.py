@@ -63,6 +63,8 @@ def routes(
     if options.get("compression") is not None:  # a bad setting fails here, not per request
         deflate.check_options({**DEFAULT_COMPRESSION, **options["compression"]})
     kwargs = dict(options, registry=registry)
+    if "origins" in kwargs:  # (one set for every connection, not one each)
+        kwargs["origins"] = frozenset(kwargs["origins"])
     specs = [
         URLSpec(f"{prefix}/echo", EchoHandler, kwargs, name="tornws.echo"),
         URLSpec(f"{prefix}/broadcast", BroadcastHandler, kwargs, name="tornws.broadcast"),

@@ -337,16 +337,42 @@ class ChatHandler(WebSocketHandler):
 
     subprotocols = ("chat.json", "chat")
 
+    # Per connection, in slots (see WebSocketHandler.__slots__); the defaults are for
+    # subclasses whose initialize() does not call super().initialize().
+    __slots__ = (
+        "_joined",
+        "_seen",
+        "_waiting",
+        "codec",
+        "crowd",
+        "default_room",
+        "nick",
+        "room",
+        "room_authorizer",
+        "since",
+    )
+    _slot_defaults: ClassVar[dict[str, Any]] = {
+        "room": "",
+        "nick": "",
+        "codec": TEXT,
+        "since": None,
+        "room_authorizer": None,
+        "default_room": "lobby",
+        "crowd": CROWD,
+        "_waiting": None,
+        "_seen": None,
+        "_joined": False,
+    }
     room: str
     nick: str
-    # Defaults, for subclasses whose initialize() does not call super().initialize().
-    since: tuple[str, int] | None = None
-    room_authorizer: Callable[[Any, str], bool] | None = None
-    default_room = "lobby"
-    crowd = CROWD
-    _waiting: list[Envelope] | None = None
-    _seen: tuple[str, int] | None = None
-    _joined = False
+    codec: Codec
+    since: tuple[str, int] | None
+    room_authorizer: Callable[[Any, str], bool] | None
+    default_room: str
+    crowd: int
+    _waiting: list[Envelope] | None  # (the greeting not sent yet: deliveries wait here)
+    _seen: tuple[str, int] | None  # (after a resume: events up to this were seen already)
+    _joined: bool
 
     def initialize(
         self,
@@ -361,14 +387,6 @@ class ChatHandler(WebSocketHandler):
         self.default_room = default_room
         self.room_authorizer = room_authorizer
         self.crowd = crowd
-        self.room = ""
-        self.nick = ""
-        self.since: tuple[str, int] | None = None
-        # While the greeting is not sent (a broker that needs time): deliveries wait here.
-        self._waiting: list[Envelope] | None = None
-        # After a resume: events up to this (epoch, offset) were seen already.
-        self._seen: tuple[str, int] | None = None
-        self._joined = False
 
     def before_upgrade(self, room: str | None = None) -> None:
         """Choose the nick (400 if invalid) and check the room (403 if not allowed)."""

@@ -325,11 +325,19 @@ class LiveHandler(WebSocketHandler):
     subprotocols = (LIVE_SUBPROTOCOL,)
     subprotocol_required = True
 
-    # Defaults, for subclasses whose initialize() does not call super().initialize().
-    authorizer: Callable[[Any, str, str], bool] = staticmethod(allow_public)
-    max_subscriptions = DEFAULT_MAX_SUBSCRIPTIONS
-    _subscriptions: dict[str, Subscription] | None = None
-    _last_entry: dict[str, Any] | None = None
+    # Per connection, in slots (see WebSocketHandler.__slots__); the defaults are for
+    # subclasses whose initialize() does not call super().initialize().
+    __slots__ = ("_last_entry", "_subscriptions", "authorizer", "max_subscriptions")
+    _slot_defaults: ClassVar[dict[str, Any]] = {
+        "authorizer": allow_public,
+        "max_subscriptions": DEFAULT_MAX_SUBSCRIPTIONS,
+        "_subscriptions": None,
+        "_last_entry": None,
+    }
+    authorizer: Callable[[Any, str, str], bool]
+    max_subscriptions: int
+    _subscriptions: dict[str, Subscription] | None
+    _last_entry: dict[str, Any] | None
 
     def initialize(
         self,

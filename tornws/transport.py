@@ -337,7 +337,9 @@ class Transport(tornado.websocket.WebSocketProtocol):
         self._sock: socket.socket | None = None
         self._fd = -1
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: collections.deque[memoryview] = collections.deque()
+        # Frames the kernel has not taken yet (None while there are none: an idle
+        # connection holds no deque, 760 bytes each).
+        self._queue: collections.deque[memoryview] | None = None
         self._queued = 0  # bytes in _queue
         self._sent = 0  # bytes the kernel took, ever (given to _send, ever: + _queued)
         self._held: list[bytes] | None = None  # frames held by the current _Batch
@@ -414,6 +416,9 @@ class Transport(tornado.websocket.WebSocketProtocol):
         self._open = True
         handler.finish()
         self.stream = handler._detach_stream()
+        # Tornado's connection object, done with now (its stream, its finished Task and
+        # that Task's coroutine: ~2 KiB a connection kept alive by the request).
+        request.server_connection = None
         self._take_over()
         if self._finished:  # the peer was gone before the upgrade was through: no open()
             return
@@ -472,6 +477,7 @@ class Transport(tornado.websocket.WebSocketProtocol):
         except AttributeError:  # a Tornado outside the supported range
             raise RuntimeError(_unsupported(missing_tornado_names())) from None
         stream.io_loop.remove_handler(sock)  # (none registered: nothing happens)
+        self.stream = None  # (its buffers: the socket is all that is used from now on)
         self._sock = sock
         self._fd = sock.fileno()
         with contextlib.suppress(OSError):  # not TCP (a Unix socket)
@@ -757,7 +763,7 @@ class Transport(tornado.websocket.WebSocketProtocol):
             return
         sock = self._sock
         if self._queued or sock is None:
-            self._queue.append(memoryview(frame))
+            self._enqueue(memoryview(frame))
             self._queued += len(frame)
             self._stats.outgoing_bytes += len(frame)
             return
@@ -775,7 +781,7 @@ class Transport(tornado.websocket.WebSocketProtocol):
     def _after_send(self, frame: bytes, sent: int) -> None:
         """Queue what the kernel did not take of ``frame``, or resolve write futures."""
         if sent < len(frame):
-            self._queue.append(memoryview(frame)[sent:])
+            self._enqueue(memoryview(frame)[sent:])
             self._queued += len(frame) - sent
             self._stats.outgoing_bytes += len(frame) - sent
             self._start_writing()
@@ -818,6 +824,12 @@ class Transport(tornado.websocket.WebSocketProtocol):
         if not self._finished:
             self._send(held[0] if len(held) == 1 else b"".join(held), hold=False)
 
+    def _enqueue(self, chunk: memoryview) -> None:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = collections.deque()
+        queue.append(chunk)
+
     def _start_writing(self) -> None:
         if not self._writing and self._sock is not None:
             assert self._loop is not None
@@ -849,6 +861,7 @@ class Transport(tornado.websocket.WebSocketProtocol):
         if queue:
             self._start_writing()
         else:
+            self._queue = None
             if self._writing:
                 assert self._loop is not None
                 self._writing = False
@@ -900,9 +913,9 @@ class Transport(tornado.websocket.WebSocketProtocol):
         queue = self._queue
         kept = queue[0] if queue else None
         shed = queued - (len(kept) if kept is not None else 0)
-        queue.clear()
+        self._queue = None
         if kept is not None:
-            queue.append(kept)
+            self._enqueue(kept)
         self._queued -= shed
         self._stats.outgoing_bytes -= shed
         self._reject_waiters(beyond=self._sent + self._queued)
@@ -960,7 +973,7 @@ class Transport(tornado.websocket.WebSocketProtocol):
         elif self.stream is not None and not self.stream.closed():
             self.stream.close()
         self._reject_waiters()
-        self._queue.clear()
+        self._queue = None
         self._stats.outgoing_bytes -= self._queued
         self._queued = 0
         self._held = None
