@@ -202,6 +202,37 @@ def test_bench_quick_reports_how_paced_cost_grows(quick: tuple[str, str, dict, P
         assert entry["spread"] == pytest.approx(spread, abs=0.01)
     assert "paced broadcast, server CPU µs per delivery by receivers" in stdout
     assert "| paced cost per delivery, spread over receivers |" in stdout
+    # The --scale line also says what each receiver grown for it costs the server.
+    for subject in ("tornws", "asyncio"):
+        line = data["subjects"][subject]["results"]["broadcast 500 paced"]
+        assert 0 < line["kib_per_receiver"] < 100, line
+    assert "--scale: server memory per receiver grown for that line (RSS):" in stdout
+
+
+@pytest.mark.gen_test
+async def test_bench_receivers_come_from_spread_source_addresses() -> None:
+    """Receiver ``i`` connects from 127.0.0.<2 + i % SOURCES>: past one address's
+    ephemeral ports (--scale 50000)."""
+    import asyncio
+    import socket
+
+    pytest.importorskip("picows", reason="tornws bench needs the bench extra (picows)")
+    from picows.url import parse_url
+
+    from tornws.bench.load import SOURCES, _from_source
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        loop = asyncio.get_running_loop()
+        for index, source in ((0, "127.0.0.2"), (7, "127.0.0.9"), (SOURCES + 1, "127.0.0.3")):
+            sock = await _from_source(parse_url(f"ws://127.0.0.1:{port}/"), index=index)
+            accepted, peer = await loop.sock_accept(listener)
+            assert peer[0] == source and sock.getsockname()[0] == source
+            sock.close()
+            accepted.close()
 
 
 def test_bench_full_plan_matches_the_issue() -> None:
@@ -210,6 +241,7 @@ def test_bench_full_plan_matches_the_issue() -> None:
     assert full.broadcast_sizes == (1000, 5000)
     assert full.handshakes == 2000 and full.idle_connections == 5000
     assert full.scale == 0 and plan(quick=False, scale=True).scale == 10_000
+    assert plan(quick=True, scale=True).scale == 500 and plan(False, 50_000).scale == 50_000
     assert full.deflate == 0 and plan(quick=False, deflate=True).deflate == 1000
     assert full.rounds == 3 and plan(quick=True).rounds == 1  # broadcast lines: median of 3
     assert full.chat_sizes == ((1000, 200),)  # chat rooms beside /broadcast to 1000

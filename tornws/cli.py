@@ -243,8 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--scale",
-        action="store_true",
-        help="also broadcast to 10,000 receivers (keepalive on), paced",
+        nargs="?",
+        type=int,
+        const=True,
+        default=False,
+        metavar="N",
+        help="also broadcast to 10,000 receivers (keepalive on), paced, or to N, "
+        "spread over source addresses of 127.0.0.0/8; with the server's memory per receiver",
     )
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bench.add_argument("--plot", metavar="FILE.png", help="also draw the ratios (matplotlib)")

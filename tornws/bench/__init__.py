@@ -85,27 +85,30 @@ class Plan:
 
 def plan(
     quick: bool,
-    scale: bool = False,
+    scale: bool | int = False,
     deflate: bool = False,
     redis: bool = False,
     soak: bool = False,
 ) -> Plan:
     """The full plan (under 15 minutes here) or the quick one (under a minute, for CI).
 
-    ``scale`` adds a paced broadcast to 10,000 receivers (500 with ``quick``);
+    ``scale`` adds a paced broadcast to 10,000 receivers (500 with ``quick``), or to
+    ``scale`` receivers when it is a number (``--scale N``), spread over source addresses
+    of 127.0.0.0/8 beyond what one address's ephemeral ports allow;
     ``deflate`` the permessage-deflate workloads, to 1000 receivers (100); ``redis``
     the publish paths across two processes (to 100 subscribers; 20); ``soak`` 10,000
     idle connections and 300 new ones a second for 90 s (500, 50/s, 6 s).
     """
+    receivers = (500 if quick else 10_000) if scale is True else int(scale)
     if quick:
         return Plan(
-            True, 0.3, (100, 200), (10, 10), 100, 200, 500 if scale else 0, 100 if deflate else 0,
+            True, 0.3, (100, 200), (10, 10), 100, 200, receivers, 100 if deflate else 0,
             chat_sizes=((100, 10),), live=(100, 10), live_fill=200, chat_fill=200,
             publish=(20, 10, 40) if redis else (0, 0, 0),
             soak=(500, 50, 6.0) if soak else (0, 0, 0.0),
         )  # fmt: skip
     return Plan(
-        False, 4.0, (1000, 5000), (200, 50), 2000, 5000, 10_000 if scale else 0,
+        False, 4.0, (1000, 5000), (200, 50), 2000, 5000, receivers,
         1000 if deflate else 0, rounds=3, chat_sizes=((1000, 200),), live=(1000, 200),
         live_fill=10_000, chat_fill=10_000, publish=(100, 200, 2000) if redis else (0, 0, 0),
         soak=(10_000, 300, 90.0) if soak else (0, 0, 0.0),
@@ -130,6 +133,22 @@ def _workloads(p: Plan) -> list[Workload]:
         async def run(server: Any, fanout: load.Fanout) -> load.Measurement:
             await fanout.grow(receivers)
             return await median(lambda: fanout.run(messages, paced))
+
+        return run
+
+    def scaled(receivers: int, messages: int) -> Callable[..., Any]:
+        """``grow`` paced, with the server's memory per receiver added (``details``)."""
+
+        async def run(server: Any, fanout: load.Fanout) -> load.Measurement:
+            before, already = server.rss(), len(fanout.clients)
+            await fanout.grow(receivers)
+            grown = receivers - already
+            per_receiver = (server.rss() - before) / grown / 1024 if grown > 0 else None
+            measurement = await median(lambda: fanout.run(messages, True))
+            measurement.details["kib_per_receiver"] = (
+                round(per_receiver, 2) if per_receiver is not None else None
+            )
+            return measurement
 
         return run
 
@@ -217,7 +236,7 @@ def _workloads(p: Plan) -> list[Workload]:
         Workload(f"broadcast {large} paced", "delivery", grow(large, large_msgs, True), "fanout"),
         Workload(f"broadcast {large} burst", "delivery", grow(large, large_msgs, False), "fanout"),
         *(
-            [Workload(f"broadcast {p.scale} paced", "delivery", grow(p.scale, 50, True), "fanout")]
+            [Workload(f"broadcast {p.scale} paced", "delivery", scaled(p.scale, 50), "fanout")]
             if p.scale
             else []
         ),
@@ -379,7 +398,7 @@ async def run(
     subjects: list[Any],
     quick: bool,
     progress: Callable[[str], None],
-    scale: bool = False,
+    scale: bool | int = False,
     deflate: bool = False,
     *,
     select: str | None = None,

@@ -8,8 +8,10 @@ window, and per-unit latencies. Every loop is bounded in count and in time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
+import socket
 import statistics
 import time
 import zlib
@@ -333,6 +335,24 @@ def _subscribes(channels: int, first: int = 0, presence: bool = False) -> list[b
     ]
 
 
+#: Source addresses the receivers are spread over (127.0.0.2 …): each address has its
+#: own ephemeral ports (about 28,000 here) towards the server's one address and port.
+SOURCES = 250
+
+
+async def _from_source(url: Any, *, index: int) -> socket.socket:
+    """A socket connected to ``url``'s host and port from 127.0.0.<2 + index % SOURCES>."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.bind((f"127.0.0.{2 + index % SOURCES}", 0))
+        await asyncio.get_running_loop().sock_connect(sock, (url.host, url.port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class Fanout:
     """Receivers on one fan-out route; one of them (the first) also sends.
 
@@ -406,6 +426,7 @@ class Fanout:
                         f"{urls[index % len(urls)]}{path(index)}",
                         read_buffer_init_size=2048,
                         extra_headers=headers or None,
+                        socket_factory=functools.partial(_from_source, index=index),
                     ),
                     STUCK,
                 )

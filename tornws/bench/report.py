@@ -146,6 +146,21 @@ def soaked(report: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     return result
 
 
+def _scale_lines(report: dict[str, Any]) -> list[str]:
+    scaled = {
+        (subject, name): m.details["kib_per_receiver"]
+        for subject, data in report["subjects"].items()
+        for name, m in data["results"].items()
+        if m.details.get("kib_per_receiver") is not None
+    }
+    if not scaled:
+        return []
+    lines = ["--scale: server memory per receiver grown for that line (RSS):"]
+    for (subject, name), kib in scaled.items():
+        lines.append(f"  {subject:<15} {name}: {kib:.2f} KiB")
+    return [*lines, ""]
+
+
 def _storm_lines(report: dict[str, Any]) -> list[str]:
     storm = report.get("storm")
     if not storm:
@@ -264,6 +279,7 @@ def table(report: dict[str, Any]) -> str:
             figures = " / ".join(f"{n}: {_fmt(v)}" for n, v in entry["figures"].items())
             lines.append(f"  {subject:<15} {figures}   spread {entry['spread']:+.0%}")
         lines.append("")
+    lines += _scale_lines(report)
     chats = chat_to_broadcast(report)
     if chats:
         lines.append(
@@ -288,8 +304,7 @@ def table(report: dict[str, Any]) -> str:
             )
             lines.append(f"  {subject:<15} {figures}")
         lines.append("")
-    lines += _soak_lines(report)
-    lines += _storm_lines(report)
+    lines += _soak_lines(report) + _storm_lines(report)
     lines.append(summary(report))
     return "\n".join(lines) + "\n"
 
