@@ -13,7 +13,8 @@ One redis-server and ``tornws serve --broker … --restart`` on a fixed port; ``
 
 Reported: when the last client was back and resumed (from the SIGTERM), the spread of
 reconnect times, how many attempts were refused and how (503 from the draining process,
-no one listening, and any refusal by the new process, which should be none), how many
+no one listening, a connection the old process closed during the handshake, and any
+refusal by the new process, which should be none), how many
 resumes recovered, and whether every client got every line exactly once (live or
 replayed). Needs redis-server and the ``redis`` extra. Linux only, like the bench.
 ``TORNWS_STORM_LOG=FILE`` keeps the servers' and Redis's output there.
@@ -131,6 +132,15 @@ class _Member:
         except (OSError, asyncio.TimeoutError) as exc:
             self.report.refused[type(exc).__name__] += 1
             return False
+        if transport.is_disconnected:
+            # picows returns from ws_connect, instead of raising, a transport already
+            # closed when the connection is lost before it has read an answer (seen with
+            # the draining process: its 503 logged, the client given a closed transport).
+            new = self.report.new_listening
+            self.report.refused[
+                "closed during the handshake" + ("" if new else " (old process)")
+            ] += 1
+            return False
         self.transport = transport
         return True
 
@@ -179,6 +189,7 @@ class _Report:
         self.never_resumed: list[_Member] = []
         #: Seconds: the fill; from the SIGTERM to the old process's exit, to the new listening.
         self.filled = self.exited = self.listening = 0.0
+        self.new_listening = False  # (the new process is listening: refusals are its own)
 
 
 def _start(name: str, command: list[str], cpu: int | None, log: Any, port: int) -> Running:
@@ -231,6 +242,7 @@ async def storm(count: int, cpus: tuple[int | None, int | None] = (None, None)) 
         servers.append(_start("tornws (new)", serve, cpus[0], log, port))
         await asyncio.to_thread(servers[1].wait_listening, port, 30.0)
         report.listening = time.perf_counter() - started
+        report.new_listening = True
         first = await _first_back(members)
         for i in range(LINES):
             assert first.transport is not None
@@ -251,6 +263,13 @@ async def storm(count: int, cpus: tuple[int | None, int | None] = (None, None)) 
 
 
 _WANTED = {f"line {i}" for i in range(LINES)}
+#: Refusals that are not the new process's: the old one's 503, no one listening, and a
+#: connection closed during the handshake before the new process listened.
+_NOT_THE_NEW_PROCESS = (
+    "HTTP 503 draining",
+    "nobody listening",
+    "closed during the handshake (old process)",
+)
 
 
 async def _fill(members: list[_Member], url: str, report: _Report) -> None:
@@ -290,9 +309,7 @@ def _figures(report: _Report, members: list[_Member]) -> dict[str, Any]:
         "attempts_max": max(report.attempts_per_client),
         "refused": dict(report.refused),
         "refused_by_new_process": sum(
-            n
-            for k, n in report.refused.items()
-            if k not in ("HTTP 503 draining", "nobody listening")
+            n for k, n in report.refused.items() if k not in _NOT_THE_NEW_PROCESS
         ),
         "recovered": report.recovered[True],
         "not_recovered": report.recovered[False],
