@@ -5,6 +5,7 @@ No speed threshold here: performance is what `tornws bench` prints, not what a t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import sys
@@ -371,6 +372,67 @@ async def test_cluster_subject_broadcasts_across_two_processes() -> None:
     finally:
         await fanout.close()
         running.stop()
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("route", ["chat", "chat.json"])
+async def test_bench_chat_lines_count_messages_not_a_crowded_room_s_notices(
+    route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chat room at its crowd threshold (1000 in the full bench) sends joins and leaves
+    as notices beside the lines, here while the lines are measured: the receivers count
+    the lines only."""
+    import os
+
+    import tornws.chat
+
+    monkeypatch.setattr(tornws.chat, "CROWD_INTERVAL", 0.005)
+
+    import tornado.httpserver
+    import tornado.web
+    import tornado.websocket
+
+    pytest.importorskip("picows", reason="tornws bench needs the bench extra (picows)")
+    import tornws
+    from tornws.bench import load
+    from tornws.bench.subjects import Running, Subject
+
+    from conftest import free_port
+
+    app = tornado.web.Application(
+        [(r"/chat/(.+)", tornws.ChatHandler, {"crowd": 3})],
+        **{"tornws.registry": tornws.Registry()},
+    )
+    server = tornado.httpserver.HTTPServer(app)
+    port = free_port()
+    server.listen(port, "127.0.0.1")
+    running = Running(Subject("here"), f"ws://127.0.0.1:{port}", os.getpid(), None)
+    fanout = load.Fanout(running, route=route)
+    latecomers: list[tornado.websocket.WebSocketClientConnection] = []
+
+    async def arrive() -> None:  # a join, hence a notice, every few milliseconds
+        for i in range(20):
+            latecomers.append(
+                await tornado.websocket.websocket_connect(
+                    f"{running.url}/chat/bench?nick=late{i}", subprotocols=[route]
+                )
+            )
+            await asyncio.sleep(0.005)
+
+    try:
+        await fanout.grow(8)
+        arriving = asyncio.ensure_future(arrive())
+        measurement = await fanout.run(40, paced=True)
+        await arriving
+        assert fanout.error is None
+        receivers = 7 if route == "chat" else 8  # (plain text: not to the sender)
+        assert measurement.units == 40 * receivers and len(measurement.latencies) == 40
+        assert all(c.count == 40 for c in fanout.clients[1 if route == "chat" else 0 :])
+    finally:
+        for client in latecomers:
+            client.close()
+        await fanout.close()
+        server.stop()
 
 
 def test_bench_counts_instructions_per_delivery(tmp_path: Path) -> None:
