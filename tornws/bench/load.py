@@ -438,6 +438,9 @@ class Fanout:
                         read_buffer_init_size=2048,
                         extra_headers=headers or None,
                         socket_factory=functools.partial(_from_source, index=index),
+                        # (picows's default is 5 s: too short for a server under valgrind
+                        # answering a chat room's growing presence list)
+                        websocket_handshake_timeout=STUCK,
                     ),
                     STUCK,
                 )
