@@ -629,9 +629,9 @@ class RedisBroker(Broker):
             goodbye = self._goodbye is not None and not self._goodbye.done()
             if not (batch or self._resync or goodbye):
                 continue
-            if self._pending:  # a room subscribed here and not read yet: read it first
-                await self._await_readers(batch)
             try:
+                if self._pending:  # a room subscribed here and not read yet: read it first
+                    await self._await_readers(batch)
                 await self._send(batch, maxlen, ttl)
             except asyncio.CancelledError:
                 self._fail(batch, "the broker is closing")
