@@ -431,6 +431,8 @@ async def test_bench_chat_lines_count_messages_not_a_crowded_room_s_notices(
     finally:
         for client in latecomers:
             client.close()
+            while await asyncio.wait_for(client.read_message(), 5) is not None:
+                pass  # (what it was sent, then None once closed)
         await fanout.close()
         server.stop()
 

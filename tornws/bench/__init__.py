@@ -344,6 +344,13 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _has_broadcast(subject: Any) -> bool:
+    """Whether ``subject`` serves /broadcast: it runs the fan-out or deflate lines (the
+    bare websockets server runs neither)."""
+    groups = getattr(subject, "groups", ())
+    return not groups or bool({"fanout", "deflate"} & set(groups))
+
+
 async def _run_subject(
     subject: Any,
     workloads: list[Workload],
@@ -356,8 +363,8 @@ async def _run_subject(
     running = subject.start(cpus[0])
     results: dict[str, Any] = {"checks": [], "results": {}, "error": None}
     try:
+        results["checks"] = await load.check(running, broadcast=_has_broadcast(subject))
         groups = getattr(subject, "groups", ())
-        results["checks"] = await load.check(running, broadcast=not groups or "fanout" in groups)
         offer = getattr(subject, "offer", None)
         fanout = load.Fanout(running, verify=quick, offer=offer)
         try:
@@ -492,8 +499,8 @@ async def _counts(
     for subject in subjects:
         if not subject.command or isinstance(subject, Cluster):
             continue
-        if subject.groups and "fanout" not in subject.groups:
-            continue  # (no /broadcast)
+        if not _has_broadcast(subject):
+            continue
         figures = {}
         for receivers in sizes:
             progress(f"{subject.name}: {counter} per delivery to {receivers} ({COUNTERS[counter]})")
