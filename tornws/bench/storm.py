@@ -136,7 +136,7 @@ class _Member:
             # picows returns from ws_connect, instead of raising, a transport already
             # closed when the connection is lost before it has read an answer (seen with
             # the draining process: its 503 logged, the client given a closed transport).
-            new = self.report.new_listening
+            new = self.report.listening > 0  # (the new process listens: refusals are its own)
             self.report.refused[
                 "closed during the handshake" + ("" if new else " (old process)")
             ] += 1
@@ -189,7 +189,6 @@ class _Report:
         self.never_resumed: list[_Member] = []
         #: Seconds: the fill; from the SIGTERM to the old process's exit, to the new listening.
         self.filled = self.exited = self.listening = 0.0
-        self.new_listening = False  # (the new process is listening: refusals are its own)
 
 
 def _start(name: str, command: list[str], cpu: int | None, log: Any, port: int) -> Running:
@@ -242,7 +241,6 @@ async def storm(count: int, cpus: tuple[int | None, int | None] = (None, None)) 
         servers.append(_start("tornws (new)", serve, cpus[0], log, port))
         await asyncio.to_thread(servers[1].wait_listening, port, 30.0)
         report.listening = time.perf_counter() - started
-        report.new_listening = True
         first = await _first_back(members)
         for i in range(LINES):
             assert first.transport is not None
