@@ -340,6 +340,58 @@ async def test_what_a_process_publishes_right_after_subscribing_reaches_it(redis
         await other.close()
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_a_room_quiet_past_its_history_age_still_delivers_its_next_epoch(
+    redis: Redis,
+) -> None:
+    """A room's keys expire ``history_age`` after its last message; its next message
+    starts a new epoch at offset 1, and every process still subscribed receives it (its
+    readers wait after the last entry they saw, whose offset was higher)."""
+    from tornws.broker import Envelope
+    from tornws.redis_broker import RedisBroker
+
+    seen: list[Envelope] = []
+    reader = RedisBroker(redis.url, history_age=0.5)
+    writer = RedisBroker(redis.url, history_age=0.5)  # another process, not subscribed
+    reader.attach(seen.append)
+    writer.attach(lambda envelope: None)
+    await reader.start()
+    await writer.start()
+
+    async def received(count: int) -> list[tuple[str, int, object]]:
+        for _ in range(300):
+            if len(seen) >= count:
+                break
+            await asyncio.sleep(0.01)
+        return [(e.epoch, e.offset, e.payload) for e in seen]
+
+    try:
+        reader.subscribe("quiet")
+        ready = reader.ready("quiet")
+        if ready is not None:
+            await ready
+        for text in ("one", "two", "three"):
+            writer.publish("quiet", Message(text))
+        before = await received(3)
+        old = before[0][0]
+        assert before == [(old, n, Message(t)) for n, t in ((1, "one"), (2, "two"), (3, "three"))]
+        assert await reader.recover("quiet", old, 1) is not None  # (resumable so far)
+        await asyncio.sleep(1.0)  # the room's keys expire
+        writer.publish("quiet", Message("after the silence"))
+        after = (await received(4))[3:]
+        assert len(after) == 1, after
+        epoch, offset, payload = after[0]
+        assert (offset, payload) == (1, Message("after the silence"))
+        assert epoch != old  # a new epoch: a resume from the old one is refused
+        assert await reader.recover("quiet", old, 2) is None
+        assert [e.payload for e in await reader.recover("quiet", epoch, 0) or []] == [
+            Message("after the silence")
+        ]
+    finally:
+        await reader.close()
+        await writer.close()
+
+
 class Live:
     """A /live client that keeps the pushes arriving while it waits for a reply."""
 

@@ -107,7 +107,10 @@ _READY_WAIT = 1.0
 
 # KEYS: stream, epoch, counter. ARGV: payload, a fresh epoch, maxlen, ttl in ms, keep ("1"
 # or "0": a message not to keep still goes through the stream, every process reads it there,
-# but a resume across it is refused).
+# but a resume across it is refused). The entry's id is Redis's own (its milliseconds, then a
+# sequence), which only grows, across epochs too: a reader waiting after the last id it saw
+# also reads the first entries of a room's next epoch (after its keys expired, say), whose
+# offsets start at 1 again. The offset is the entry's field 'o'.
 PUBLISH_SCRIPT = _PUBLISH = """
 if KEYS[4] then  -- an idempotency key: seen in the last ARGV[6] ms, answer that again
   local seen = redis.call('GET', KEYS[4])
@@ -123,10 +126,8 @@ if not epoch then
   redis.call('DEL', KEYS[1], KEYS[3])
 end
 local offset = redis.call('INCR', KEYS[3])
-local now = redis.call('TIME')
-local millis = now[1] * 1000 + math.floor(now[2] / 1000)
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], offset .. '-1',
-           'e', epoch, 'p', ARGV[1], 't', millis, 'k', ARGV[5])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',
+           'e', epoch, 'o', offset, 'p', ARGV[1], 'k', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
@@ -420,6 +421,7 @@ class RedisBroker(Broker):
         self.skipped = 0
         self._redis: Any = None
         self._positions: dict[str, str] = {}  # subscribed room -> last stream id delivered
+        self._offsets: dict[str, int] = {}  # subscribed room -> its offset (0: none yet)
         # Reads in flight, shared by whoever asks the same while they are (a reconnect
         # storm: 10,000 greetings of one room are a few reads, not 10,000 at once).
         self._presence_reads: dict[str, asyncio.Future[list[Any]]] = {}
@@ -556,6 +558,7 @@ class RedisBroker(Broker):
 
     def unsubscribe(self, room: str) -> None:
         self._positions.pop(room, None)
+        self._offsets.pop(room, None)
         self._epochs.pop(room, None)
         future = self._pending.pop(room, None)
         if future is not None and not future.done():
@@ -930,6 +933,7 @@ class RedisBroker(Broker):
             epoch = await redis.get(self._key(room, "epoch"))
             if epoch != self._epochs.get(room):
                 self._positions[room] = "0-0"
+                self._offsets[room] = 0
                 self._epochs[room] = epoch or ""
         while True:
             for room in list(self._pending):
@@ -939,6 +943,8 @@ class RedisBroker(Broker):
                 if future is None:
                     continue  # unsubscribed meanwhile
                 self._positions[room] = last[0][0] if last else "0-0"
+                same = last and last[0][1]["e"] == epoch
+                self._offsets[room] = int(last[0][1]["o"]) if same else 0
                 self._epochs[room] = epoch or ""
                 if not future.done():
                     future.set_result(None)
@@ -953,8 +959,8 @@ class RedisBroker(Broker):
                 for entry_id, fields in entries:
                     if room not in self._positions:
                         break
-                    offset = int(entry_id.split("-", 1)[0])
-                    previous = int(self._positions[room].split("-", 1)[0])
+                    offset = int(fields["o"])
+                    previous = self._offsets[room]
                     if previous and offset > previous + 1 and fields["e"] == self._epochs[room]:
                         self.skipped += offset - previous - 1
                         log.warning(
@@ -963,6 +969,7 @@ class RedisBroker(Broker):
                             offset - previous - 1,
                         )
                     self._positions[room] = entry_id
+                    self._offsets[room] = offset
                     self._epochs[room] = fields["e"]
                     envelope = Envelope(room, offset, decode_payload(fields["p"]), fields["e"])
                     assert self._deliver is not None
@@ -971,20 +978,23 @@ class RedisBroker(Broker):
     # History
 
     async def _read_range(
-        self, room: str, offset: int, position: str
+        self, room: str, offset: int, upto: int, position: str
     ) -> tuple[list[tuple[int, bool, int, Envelope]], Any]:
-        """``room``'s stream after ``offset`` up to ``position``, decoded once for every
-        reader that shares it: ``(offset, kept, time in ms, envelope)`` each, and the
-        room's epoch now."""
+        """``room``'s stream after ``offset`` up to ``position`` (offset ``upto``): its
+        last ``upto - offset`` entries there, decoded once for every reader that shares
+        them, ``(offset, kept, time in ms, envelope)`` each, in order; and the room's
+        epoch now."""
         redis = self._redis
         assert redis is not None
-        entries = await redis.xrange(self._key(room, "stream"), f"{offset + 1}-1", position)
+        stream = self._key(room, "stream")
+        entries = await redis.xrevrange(stream, position, "-", count=upto - offset)
         epoch = await redis.get(self._key(room, "epoch"))
         decoded = []
-        for entry_id, fields in entries:
-            number = int(entry_id.split("-", 1)[0])
-            envelope = Envelope(room, number, decode_payload(fields["p"]), str(epoch))
-            decoded.append((number, fields.get("k") != "0", int(fields["t"]), envelope))
+        for entry_id, fields in reversed(entries):
+            number = int(fields["o"])
+            envelope = Envelope(room, number, decode_payload(fields["p"]), fields["e"])
+            millis = int(entry_id.split("-", 1)[0])  # (the id is Redis's time)
+            decoded.append((number, fields.get("k") != "0", millis, envelope))
         return decoded, epoch
 
     async def recover(self, room: str, epoch: str, offset: int) -> list[Envelope] | None:
@@ -993,12 +1003,12 @@ class RedisBroker(Broker):
         position = self._positions.get(room)
         if position is None or self._epochs.get(room) != epoch:
             return None
-        upto = int(position.split("-", 1)[0])
+        upto = self._offsets.get(room, 0)
         if offset >= upto:
             return []  # (anything newer comes live)
         shared = self._range_reads.get(room)
         if shared is None or shared[0] > offset or shared[1] != position:
-            read = asyncio.ensure_future(self._read_range(room, offset, position))
+            read = asyncio.ensure_future(self._read_range(room, offset, upto, position))
             entry = shared = self._range_reads[room] = (offset, position, read)
 
             def done(future: asyncio.Future[Any]) -> None:
@@ -1015,7 +1025,7 @@ class RedisBroker(Broker):
         entries = [entry for entry in entries if entry[0] > offset]
         if current != epoch or not entries or entries[0][0] != offset + 1:
             return None
-        if not all(kept for _, kept, _, _ in entries):
+        if not all(kept and envelope.epoch == epoch for _, kept, _, envelope in entries):
             return None  # a message that was not to be kept is in the range
         horizon = time.time() * 1000 - self.history_age * 1000
         if entries[0][2] <= horizon:
