@@ -211,7 +211,9 @@ def test_broker_must_be_a_redis_url() -> None:
     from processes import run, tornws_command
 
     result = run(tornws_command("serve", "--port", "0", "--broker", "http://x"))
-    assert result.returncode == 2 and "expected a redis:// URL" in result.stderr
+    assert result.returncode == 2, result.stderr
+    expected = "expected a redis://, rediss://, unix:// or redis+sentinel:// URL"
+    assert f"--broker http://x: {expected}" in result.stderr
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--broker",
         metavar="URL",
-        help="carry rooms between processes through Redis, e.g. redis://127.0.0.1:6379/0 "
+        help="carry rooms between processes through Redis, e.g. redis://127.0.0.1:6379/0, or "
+        "through its Sentinels: redis+sentinel://HOST:PORT[,HOST:PORT...]/DB/SERVICE "
         "(needs tornws[redis]); with --app too, unless that app has a registry of its own",
     )
     serve.add_argument(
@@ -398,7 +399,8 @@ def _add_publish(commands: Any) -> None:
         "--broker",
         metavar="URL",
         default=os.environ.get("TORNWS_BROKER"),
-        help="redis://host:port/db of the tornws processes (default: $TORNWS_BROKER)",
+        help="the tornws processes' Redis, redis://host:port/db or "
+        "redis+sentinel://host:port,.../db/service (default: $TORNWS_BROKER)",
     )
     publish.add_argument("--prefix", default="tornws", help="key prefix (default: %(default)s)")
 
@@ -410,6 +412,9 @@ def _publish(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--broker URL (or TORNWS_BROKER) is required: the tornws processes' Redis"
         )
+    from .redis_broker import check_url
+
+    check_url(args.broker, "--broker")
     text = sys.stdin.read() if args.data == "-" else args.data
     try:
         data = json.loads(text)
@@ -555,13 +560,13 @@ def _registry(broker: str | None) -> Any:
 
     if not broker:
         return None
-    if not broker.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"--broker {broker}: expected a redis:// URL")
+    from .redis_broker import RedisBroker, check_url
+
+    check_url(broker, "--broker")
     try:
         import redis  # noqa: F401
     except ImportError:
         raise ConfigError("--broker needs redis-py: pip install 'tornws[redis]'") from None
-    from .redis_broker import RedisBroker
 
     return Registry(RedisBroker(broker))
 

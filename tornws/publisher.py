@@ -33,7 +33,14 @@ from .chat import ChatEvent
 from .exceptions import BrokerUnavailableError, ConfigError
 from .hub import Position, disconnect_message, publication
 from .node import CONTROL_ROOM, DISCONNECT_CODE, DISCONNECT_REASON
-from .redis_broker import PUBLISH_SCRIPT, publish_call
+from .redis_broker import (
+    PUBLISH_SCRIPT,
+    check_url,
+    connect,
+    disconnect,
+    publish_call,
+    redacted,
+)
 
 __all__ = ["AsyncPublisher", "Publisher"]
 
@@ -60,8 +67,7 @@ class _Base:
         history: int,
         history_age: float,
     ) -> None:
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"a Publisher needs a redis:// URL, not {url!r}")
+        check_url(url, "a Publisher's url")
         self.url = url
         self.prefix = prefix
         self._maxlen = str(max(history, 1))
@@ -94,8 +100,12 @@ class Publisher(_Base):
         super().__init__(url, prefix, history, history_age)
         redis = _redis()
         self._errors = (redis.exceptions.RedisError, OSError)
-        self._client = redis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout
+        self._client = connect(
+            url,
+            asynchronous=False,
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
         )
         self._script = self._client.register_script(PUBLISH_SCRIPT)
 
@@ -119,11 +129,16 @@ class Publisher(_Base):
         try:
             epoch, offset = self._script(keys=keys, args=args)
         except self._errors as exc:
-            raise BrokerUnavailableError(f"redis unreachable ({self.url}): {exc}") from None
+            raise BrokerUnavailableError(
+                f"redis unreachable ({redacted(self.url)}): {exc}"
+            ) from None
         return Position(str(epoch), int(offset))
 
     def close(self) -> None:
         self._client.close()
+        sentinel = getattr(self._client.connection_pool, "sentinel_manager", None)
+        for client in sentinel.sentinels if sentinel is not None else ():
+            client.close()
 
     def __enter__(self) -> Publisher:
         return self
@@ -152,10 +167,8 @@ class AsyncPublisher(_Base):
     ) -> None:
         super().__init__(url, prefix, history, history_age)
         redis = _redis()
-        from redis.asyncio import Redis
-
         self._errors = (redis.exceptions.RedisError, OSError)
-        self._client = Redis.from_url(
+        self._client = connect(
             url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         self._script = self._client.register_script(PUBLISH_SCRIPT)
@@ -176,11 +189,13 @@ class AsyncPublisher(_Base):
         try:
             epoch, offset = await self._script(keys=keys, args=args)
         except self._errors as exc:
-            raise BrokerUnavailableError(f"redis unreachable ({self.url}): {exc}") from None
+            raise BrokerUnavailableError(
+                f"redis unreachable ({redacted(self.url)}): {exc}"
+            ) from None
         return Position(str(epoch), int(offset))
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await disconnect(self._client)
 
     async def __aenter__(self) -> AsyncPublisher:
         return self

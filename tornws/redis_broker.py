@@ -60,11 +60,12 @@ import logging
 import os
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import unquote, urlsplit
 
 from .broker import DEFAULT_HISTORY, DEFAULT_HISTORY_AGE, Broker, Envelope
 from .chat import ChatEvent
-from .exceptions import BrokerUnavailableError
+from .exceptions import BrokerUnavailableError, ConfigError
 from .frames import Message
 from .live import _PRESENCE_ROOM as _LIVE_PRESENCE_ROOM
 from .live import _ROOM as _LIVE_ROOM
@@ -78,10 +79,18 @@ __all__ = [
     "PRESENCE_TIMEOUT",
     "PRESENCE_TTL",
     "PUBLISH_SCRIPT",
+    "SENTINEL_TIMEOUT",
+    "URL_SCHEMES",
     "RedisBroker",
+    "SentinelURL",
+    "check_url",
+    "connect",
     "decode_payload",
+    "disconnect",
     "encode_payload",
+    "parse_sentinel_url",
     "publish_call",
+    "redacted",
 ]
 
 log = logging.getLogger(__name__)
@@ -363,11 +372,144 @@ def publish_call(
     return keys, args
 
 
+#: The schemes of a Redis URL tornws takes: one server (``redis://``, ``rediss://`` with
+#: TLS, ``unix://``) or the Sentinels that name a service's master (``redis+sentinel://``).
+URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+
+#: Seconds a Sentinel has to answer which server is the master, before the next is asked.
+SENTINEL_TIMEOUT = 1.0
+
+
+class SentinelURL(NamedTuple):
+    """A ``redis+sentinel://[user:password@]HOST:PORT[,HOST:PORT…][/DB[/SERVICE]]``
+    URL, the form python-socketio takes: the Sentinels' addresses, the service they
+    monitor (``mymaster`` if the URL names none), the database, and the credentials
+    of the master (the Sentinels are asked without)."""
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int
+    username: str | None
+    password: str | None
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Parse a ``redis+sentinel://`` URL (see :class:`SentinelURL`).
+
+    Raises:
+        ConfigError: it is not one, or a part of it is malformed.
+    """
+    parts = urlsplit(url)
+    shown = redacted(url)
+    if parts.scheme != "redis+sentinel":
+        raise ConfigError(f"{shown}: not a redis+sentinel:// URL")
+    hosts = parts.netloc.rpartition("@")[2]
+    sentinels = []
+    for address in hosts.split(","):
+        host, colon, port = address.rpartition(":")
+        host = host.strip("[]")  # ([::1]:26379)
+        if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(
+                f"{shown}: {address!r} is not HOST:PORT "
+                "(redis+sentinel://[user:password@]HOST:PORT[,HOST:PORT...]/DB/SERVICE)"
+            )
+        sentinels.append((host, int(port)))
+    db, _, service = parts.path.lstrip("/").partition("/")
+    if db and not db.isdigit():
+        raise ConfigError(f"{shown}: the database {db!r} is not a number")
+    if "/" in service.strip("/"):
+        raise ConfigError(f"{shown}: expected /DB/SERVICE after the Sentinels")
+    return SentinelURL(
+        sentinels,
+        service.strip("/") or "mymaster",
+        int(db or 0),
+        unquote(parts.username) if parts.username else None,
+        unquote(parts.password) if parts.password else None,
+    )
+
+
+def check_url(url: str, what: str) -> None:
+    """Raise :class:`~tornws.exceptions.ConfigError`, naming ``what`` takes the URL
+    (``--broker``, say), unless ``url`` is a Redis URL tornws can connect to."""
+    if not url.startswith(URL_SCHEMES):
+        raise ConfigError(
+            f"{what} {redacted(url)}: expected a redis://, rediss://, unix:// or "
+            "redis+sentinel:// URL"
+        )
+    if url.startswith("redis+sentinel://"):
+        try:
+            parse_sentinel_url(url)
+        except ConfigError as exc:
+            raise ConfigError(f"{what} {exc}") from None
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password (if any) shown as ``***``: for log lines and errors."""
+    scheme, separator, rest = url.partition("://")
+    credentials, at, hosts = rest.partition("@")
+    if not (separator and at and ":" in credentials) or "/" in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{hosts}"
+
+
+def connect(url: str, *, asynchronous: bool = True, **options: Any) -> Any:
+    """A redis-py client of ``url`` (:data:`URL_SCHEMES`), asyncio's or the blocking one,
+    made with ``options`` (``decode_responses``, timeouts, ``retry``...).
+
+    Through Sentinels, each new connection asks them which server is the master, and a
+    connection to a master that became a replica fails (redis-py's Sentinel support): after
+    a failover, the client's next commands reach the new master. Close it with
+    :func:`disconnect`, which closes the connections to the Sentinels too.
+    """
+    if not url.startswith("redis+sentinel://"):
+        if asynchronous:
+            import redis.asyncio
+
+            return redis.asyncio.Redis.from_url(url, **options)
+        import redis
+
+        return redis.Redis.from_url(url, **options)
+    parsed = parse_sentinel_url(url)
+    asked = {"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT}
+    import redis.asyncio.sentinel
+    import redis.sentinel
+
+    module: Any = redis.asyncio.sentinel if asynchronous else redis.sentinel
+    sentinel = module.Sentinel(parsed.sentinels, sentinel_kwargs=asked)
+    options.update(db=parsed.db, username=parsed.username, password=parsed.password)
+    return sentinel.master_for(parsed.service, **options)
+
+
+async def disconnect(client: Any) -> None:
+    """Close an asyncio client that :func:`connect` made (and its Sentinels' clients)."""
+    await client.aclose()
+    sentinel = getattr(client.connection_pool, "sentinel_manager", None)
+    if sentinel is not None:
+        await sentinel.aclose()
+
+
+def _where(client: Any) -> str:
+    """Which server ``client`` talks to, for log lines: ``host:port``, or through
+    Sentinels the master they named last."""
+    pool = client.connection_pool
+    address = getattr(pool, "master_address", None)
+    if address is None:
+        kwargs = pool.connection_kwargs
+        address = (kwargs.get("host"), kwargs.get("port")) if "host" in kwargs else None
+    if address is None:
+        return str(pool.connection_kwargs.get("path", "?"))
+    host, port = address
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
 class RedisBroker(Broker):
     """A :class:`~tornws.broker.Broker` on Redis; see the module docstring.
 
     Args:
-        url: ``redis://host:port/db``.
+        url: ``redis://host:port/db``, or ``redis+sentinel://host:port,.../db/service``
+            (:class:`SentinelURL`): after a failover the broker carries on with the new
+            master (:data:`URL_SCHEMES`).
         prefix: of every key.
         history: stream entries kept per room (about: trimmed with ``~``); also how far
             a process may fall behind a room before it skips events (counted in
@@ -400,6 +542,7 @@ class RedisBroker(Broker):
         presence_timeout: float = PRESENCE_TIMEOUT,
     ) -> None:
         super().__init__()
+        check_url(url, "RedisBroker")
         self.url = url
         self.prefix = prefix
         self.history = history
@@ -468,7 +611,7 @@ class RedisBroker(Broker):
         # A burst of commands (hundreds of subscribes asking their channel's position at
         # once) opens that many connections: redis-py's pool raises "Too many connections"
         # past its limit (100 by default), which answered them "unavailable".
-        self._redis = redis.asyncio.from_url(
+        self._redis = connect(
             self.url, decode_responses=True, retry=retry, max_connections=MAX_CONNECTIONS
         )
         self._script = self._redis.register_script(_PUBLISH)
@@ -514,7 +657,7 @@ class RedisBroker(Broker):
         self._fail(self._outbox, "the broker is closed")
         self._outbox = []
         if self._redis is not None:
-            await self._redis.aclose()
+            await disconnect(self._redis)
             self._redis = None
 
     async def _say_goodbye(self) -> None:
@@ -925,7 +1068,7 @@ class RedisBroker(Broker):
         await redis.ping()
         self._backoff = 0.1
         if not self._up:
-            log.info("redis connected: %s", self.url)
+            log.info("redis connected: %s (%s)", redacted(self.url), _where(redis))
             self._up = True
         # (Re)start every room where it was; a room whose epoch changed (Redis lost
         # its data) starts from the beginning of its new epoch.
