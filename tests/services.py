@@ -145,6 +145,25 @@ class Sentinels:
             time.sleep(0.1)
         raise AssertionError("the Sentinels did not find the replica and each other")
 
+    def cut_replica(self, timeout: float = 10.0) -> None:
+        """The replica stops receiving the master's writes (it can no longer log in to
+        the master: a wrong ``masterauth``), as behind a broken link; it stays eligible
+        for promotion."""
+        import redis
+
+        replica = redis.Redis(port=self.replica.port, decode_responses=True)
+        master = redis.Redis(port=self.master.port, decode_responses=True)
+        try:
+            replica.config_set("masterauth", "not-the-password")
+            master.client_kill_filter(_type="replica")
+            deadline = time.monotonic() + timeout
+            while replica.info("replication")["master_link_status"] == "up":
+                assert time.monotonic() < deadline, "the replica still follows the master"
+                time.sleep(0.05)
+        finally:
+            replica.close()
+            master.close()
+
     def fail_over(self, timeout: float = 30.0) -> float:
         """``kill -9`` the master; return the seconds until the Sentinels name the replica."""
         old = self.master_port()

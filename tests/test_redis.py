@@ -394,6 +394,50 @@ async def test_a_room_quiet_past_its_history_age_still_delivers_its_next_epoch(
         await writer.close()
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_a_redis_that_numbered_less_than_was_read_starts_a_new_epoch(
+    redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A publisher that read a room up to offset 5 finds Redis's counter at 2 (a promoted
+    replica that missed events): its publication starts a new epoch, at offset 1, rather
+    than be numbered 3 again (tests/test_sentinel.py has the failover itself)."""
+    import redis as redis_py
+
+    from tornws.broker import Envelope
+    from tornws.redis_broker import RedisBroker
+
+    seen: list[Envelope] = []
+    broker = RedisBroker(redis.url)
+    broker.attach(seen.append)
+    await broker.start()
+    raw = redis_py.Redis(port=redis.port, decode_responses=True)
+
+    async def received(count: int) -> list[Envelope]:
+        for _ in range(300):
+            if len(seen) >= count:
+                break
+            await asyncio.sleep(0.01)
+        return seen[:count]
+
+    try:
+        broker.subscribe("r")
+        for i in range(5):
+            broker.publish("r", Message(f"read {i}"))
+        read = await received(5)
+        assert [e.offset for e in read] == [1, 2, 3, 4, 5]
+        raw.set("tornws:room:r:n", 2)  # (what a replica had when it was promoted, say)
+        with caplog.at_level("WARNING", "tornws.redis_broker"):
+            epoch, offset = await broker.publish_numbered("r", Message("next"))
+        assert epoch != read[0].epoch and offset == 1
+        [after] = (await received(6))[5:]
+        assert (after.epoch, after.offset, after.payload) == (epoch, 1, Message("next"))
+        assert "redis has fewer events of epoch" in caplog.text
+        assert await broker.recover("r", read[0].epoch, 3) is None
+    finally:
+        raw.close()
+        await broker.close()
+
+
 class Live:
     """A /live client that keeps the pushes arriving while it waits for a reply."""
 

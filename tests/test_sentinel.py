@@ -161,7 +161,9 @@ async def test_after_a_failover_every_process_carries_on_with_the_new_master(
     # A resume on the other process gets exactly what the new master numbered after it.
     since = f"{last['epoch']}:{last['id']}"
     carol = await chat(b, "ha", "carol", since=since)
-    replayed = await messages_until(carol, "from a script")
+    replay = await until(carol, lambda e: e["type"] == "resumed")
+    assert replay[-1]["recovered"] is True, replay[-1]
+    replayed = [e for e in replay if e["type"] == "message"]
     assert replayed[-1]["id"] == position.offset
     assert [e["id"] for e in replayed] == list(range(last["id"] + 1, position.offset + 1))
     for client in (ann, bob, carol):
@@ -171,6 +173,76 @@ async def test_after_a_failover_every_process_carries_on_with_the_new_master(
         assert "redis connection lost" in server.output, server.output
         connected = [line for line in server.output.splitlines() if "redis connected" in line]
         assert connected and connected[-1].endswith(replica), connected
+
+
+async def first_to_cross(sender: Any, receiver: Any, timeout: float = 30.0) -> dict[str, Any]:
+    """Send probes from ``sender`` until one reaches ``receiver`` (on another process,
+    once both reach Redis again); that message."""
+    deadline = time.monotonic() + timeout
+    probe = 0
+    while time.monotonic() < deadline:
+        await sender.send(say(f"probe {probe}"))
+        try:
+            return (await messages_until(receiver, f"probe {probe}", timeout=0.5))[-1]
+        except asyncio.TimeoutError:
+            probe += 1
+    raise AssertionError("no line crossed the processes after the failover")
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_events_the_promoted_replica_never_had_are_not_numbered_again(
+    sentinels: Sentinels, pair: tuple[Server, Server]
+) -> None:
+    """Replication is asynchronous: events the master acknowledged after its replica fell
+    behind are gone with the master. Their ids are not given to other events: the room
+    starts a new epoch, and a resume from before the loss is refused (recovered false)."""
+    a, b = pair
+    ann = await chat(a, "gap", "ann")
+    await events(ann, 2)
+    bob = await chat(b, "gap", "bob")
+    await until(bob, lambda e: e["type"] == "join" and e["nick"] == "bob")
+    for i in range(3):
+        await ann.send(say(f"kept {i}"))
+    kept = (await messages_until(bob, "kept 2"))[-1]
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sentinels.cut_replica)
+    for i in range(3):
+        await ann.send(say(f"lost {i}"))
+    lost = await messages_until(bob, "lost 2")  # delivered live, acknowledged by the master
+    assert [e["id"] for e in lost] == [kept["id"] + 1, kept["id"] + 2, kept["id"] + 3]
+    assert {e["epoch"] for e in lost} == {kept["epoch"]}
+    await loop.run_in_executor(None, sentinels.fail_over)
+
+    # Each process, back on Redis, compares the room with what it read: the first finds
+    # fewer events there and starts the room's new epoch.
+    replica = f"(127.0.0.1:{sentinels.replica.port})"
+    deadline = time.monotonic() + 30
+    while not all(f"{replica}\n" in server.output for server in (a, b)):
+        assert time.monotonic() < deadline, (a.output, b.output)
+        await asyncio.sleep(0.1)
+    logs = a.output + b.output
+    assert logs.count("lost some (a failover before they reached the replica?)") == 1, logs
+    from tornws.publisher import Publisher
+
+    with Publisher(sentinels.url) as publisher:  # (a publisher that reads no room)
+        position = await loop.run_in_executor(None, publisher.say, "gap", "after the loss")
+    assert position.epoch != kept["epoch"] and position.offset == 1  # not id 7 again
+    for client in (ann, bob):
+        said = (await messages_until(client, "after the loss"))[-1]
+        assert (said["epoch"], said["id"]) == position
+    crossed = await first_to_cross(ann, bob)
+    for client in (ann, bob):  # later events: numbered on in the new epoch, everywhere
+        await client.send(say(f"then from {client is ann}"))
+    for client in (ann, bob):
+        then = [e for e in await messages_until(client, "then from False") if e["id"]]
+        assert then[-1]["epoch"] == position.epoch and then[-1]["id"] > crossed["id"] > 1
+    for since in (lost[-1], kept):  # (the kept events are in the old epoch: refused too)
+        carol = await chat(b, "gap", "carol", since=f"{since['epoch']}:{since['id']}")
+        resumed = (await until(carol, lambda e: e["type"] == "resumed"))[-1]
+        assert resumed["recovered"] is False, resumed
+        await carol.close()
+    for client in (ann, bob):
+        await client.close()
 
 
 def test_tornws_publish_reaches_the_new_master(sentinels: Sentinels) -> None:

@@ -127,7 +127,7 @@ class Publisher(_Base):
     def _run(self, room: str, payload: object, *, keep: bool) -> Position:
         keys, args = self._call(room, payload, keep)
         try:
-            epoch, offset = self._script(keys=keys, args=args)
+            epoch, offset, *_ = self._script(keys=keys, args=args)
         except self._errors as exc:
             raise BrokerUnavailableError(
                 f"redis unreachable ({redacted(self.url)}): {exc}"
@@ -187,7 +187,7 @@ class AsyncPublisher(_Base):
     async def _run(self, room: str, payload: object, *, keep: bool) -> Position:
         keys, args = self._call(room, payload, keep)
         try:
-            epoch, offset = await self._script(keys=keys, args=args)
+            epoch, offset, *_ = await self._script(keys=keys, args=args)
         except self._errors as exc:
             raise BrokerUnavailableError(
                 f"redis unreachable ({redacted(self.url)}): {exc}"

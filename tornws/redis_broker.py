@@ -114,21 +114,33 @@ PRESENCE_TIMEOUT = 1.0
 # find where that room's stream stands (one round trip to Redis, after its blocking read).
 _READY_WAIT = 1.0
 
-# KEYS: stream, epoch, counter. ARGV: payload, a fresh epoch, maxlen, ttl in ms, keep ("1"
-# or "0": a message not to keep still goes through the stream, every process reads it there,
-# but a resume across it is refused). The entry's id is Redis's own (its milliseconds, then a
+# KEYS: stream, epoch, counter[, idempotency key]. ARGV: payload, a fresh epoch, maxlen, ttl
+# in ms, keep ("1" or "0": a message not to keep still goes through the stream, every process
+# reads it there, but a resume across it is refused), the epoch and offset the publisher last
+# read in the room ("", "0": none), [the idempotency key's ms]. A counter below that offset in
+# that epoch means this server lost events it had numbered (a replica promoted before it had
+# them, in a failover): the room starts a new epoch rather than number events again with
+# offsets clients saw on others, so a resume across the loss is refused. Returns the epoch,
+# the offset, 1 if the idempotency key had it already (else 0), 1 if events were found lost
+# (else 0). The entry's id is Redis's own (its milliseconds, then a
 # sequence), which only grows, across epochs too: a reader waiting after the last id it saw
 # also reads the first entries of a room's next epoch (after its keys expired, say), whose
 # offsets start at 1 again. The offset is the entry's field 'o'.
 PUBLISH_SCRIPT = _PUBLISH = """
-if KEYS[4] then  -- an idempotency key: seen in the last ARGV[6] ms, answer that again
+if KEYS[4] then  -- an idempotency key: seen in the last ARGV[8] ms, answer that again
   local seen = redis.call('GET', KEYS[4])
   if seen then
     local sep = string.find(seen, ':', 1, true)
-    return {string.sub(seen, 1, sep - 1), tonumber(string.sub(seen, sep + 1)), 1}
+    return {string.sub(seen, 1, sep - 1), tonumber(string.sub(seen, sep + 1)), 1, 0}
   end
 end
 local epoch = redis.call('GET', KEYS[2])
+local lost = 0
+if epoch and epoch == ARGV[6]
+   and tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[7]) then
+  epoch = false
+  lost = 1
+end
 if not epoch then
   epoch = ARGV[2]
   redis.call('SET', KEYS[2], epoch)
@@ -141,9 +153,9 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
 if KEYS[4] then
-  redis.call('SET', KEYS[4], epoch .. ':' .. offset, 'PX', ARGV[6])
+  redis.call('SET', KEYS[4], epoch .. ':' .. offset, 'PX', ARGV[8])
 end
-return {epoch, offset}
+return {epoch, offset, 0, lost}
 """
 
 # KEYS: stream, epoch, counter. ARGV: a fresh epoch, ttl in ms. The room's epoch (made if
@@ -156,6 +168,20 @@ if not epoch then
   redis.call('DEL', KEYS[1], KEYS[3])
 end
 return {epoch, tonumber(redis.call('GET', KEYS[3]) or '0')}
+"""
+
+# KEYS: stream, epoch, counter. ARGV: the epoch a process read the room in, the highest offset
+# it read. The room's epoch now, "" if it has none; and 1 if this server numbered less than
+# that in that epoch (it lost events: a failover), and so the room's keys were deleted, to
+# start a new epoch (the publish script's check, for a process back on Redis).
+_CHECK = """
+local epoch = redis.call('GET', KEYS[2])
+if epoch and epoch == ARGV[1]
+   and tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  return {'', 1}
+end
+return {epoch or '', 0}
 """
 
 # Presence. A process's index, <prefix>:presence-of:<process id>, holds "<room>\n<key>" for
@@ -361,14 +387,24 @@ def decode_payload(text: str | bytes) -> object:
 
 
 def publish_call(
-    prefix: str, room: str, payload: object, *, keep: bool, maxlen: str, ttl: str
+    prefix: str,
+    room: str,
+    payload: object,
+    *,
+    keep: bool,
+    maxlen: str,
+    ttl: str,
+    seen: tuple[str, int] = ("", 0),
 ) -> tuple[list[str], list[str]]:
     """The keys and arguments of the publish script (:data:`PUBLISH_SCRIPT`) that
     numbers ``payload`` in ``room`` and appends it to the room's stream: what every
     tornws process and :class:`tornws.publisher.Publisher` run, so their publications
-    share one sequence."""
+    share one sequence. ``seen``: the room's epoch and the highest offset the publisher
+    read in it (a Redis that numbered less lost events: the room starts a new epoch)."""
     keys = [f"{prefix}:room:{room}:{kind}" for kind in ("stream", "epoch", "n")]
+    epoch, offset = seen
     args = [encode_payload(payload), os.urandom(4).hex(), maxlen, ttl, "1" if keep else "0"]
+    args += (epoch, str(offset))
     return keys, args
 
 
@@ -616,6 +652,7 @@ class RedisBroker(Broker):
         )
         self._script = self._redis.register_script(_PUBLISH)
         self._position_script = self._redis.register_script(_POSITION)
+        self._check_script = self._redis.register_script(_CHECK)
         register = self._redis.register_script
         self._add_script = register(_PRESENCE_ADD)
         self._remove_script = register(_PRESENCE_REMOVE)
@@ -738,6 +775,7 @@ class RedisBroker(Broker):
             keep=True,
             maxlen=str(max(self.history, 1)),
             ttl=str(int(self.history_age * 1000)),
+            seen=(self._epochs.get(room, ""), self._offsets.get(room, 0)),
         )
         keys.append(f"{self.prefix}:once:{key}")
         args.append(str(max(1, int(seconds * 1000))))
@@ -745,7 +783,7 @@ class RedisBroker(Broker):
             answer = await self._script(keys=keys, args=args)
         except self._errors as exc:
             raise BrokerUnavailableError(f"redis unreachable: {exc}") from None
-        return str(answer[0]), int(answer[1]), len(answer) > 2
+        return str(answer[0]), int(answer[1]), int(answer[2]) == 1
 
     async def claim_once(self, key: str, seconds: float) -> bool:
         try:
@@ -827,7 +865,9 @@ class RedisBroker(Broker):
         goodbye = self._goodbye
         said = goodbye is not None and goodbye.done()  # no presence written after it
         resync = self._resync and goodbye is None
-        numbered: list[asyncio.Future[tuple[str, int]] | None] = []  # one per result
+        # One per result: None for a presence write; else (room, the offset this process
+        # read in it, the future of its position or None).
+        numbered: list[tuple[str, int, asyncio.Future[tuple[str, int]] | None] | None] = []
         async with self._redis.pipeline(transaction=False) as pipe:
             for room, payload, keep, future in batch:
                 if type(payload) is _PresenceOp:
@@ -842,11 +882,12 @@ class RedisBroker(Broker):
                         await self._add_script(keys=keys, args=args, client=pipe)
                     numbered.append(None)
                     continue
+                seen = (self._epochs.get(room, ""), self._offsets.get(room, 0))
                 keys, args = publish_call(
-                    self.prefix, room, payload, keep=keep, maxlen=maxlen, ttl=ttl
+                    self.prefix, room, payload, keep=keep, maxlen=maxlen, ttl=ttl, seen=seen
                 )
                 await self._script(keys=keys, args=args, client=pipe)
-                numbered.append(future)
+                numbered.append((room, seen[1], future))
             if resync:  # after the batch: what Redis has of this process is then exactly it
                 await self._resync_script(
                     keys=[f"{self.prefix}:alive:{pid}", f"{self.prefix}:processes"],
@@ -858,10 +899,14 @@ class RedisBroker(Broker):
                     keys=[f"{self.prefix}:processes"], args=[self.prefix, pid], client=pipe
                 )
             results = await pipe.execute()
-        for future, result in zip(numbered, results):
+        for published, result in zip(numbered, results):
+            if published is None:
+                continue
+            room, read, future = published
+            if result[3] == 1:
+                self._lost(room, read, str(result[0]))
             if future is not None and not future.done():
-                epoch, offset = result
-                future.set_result((str(epoch), int(offset)))
+                future.set_result((str(result[0]), int(result[1])))
         if resync:
             self._resync = False
             log.info("presence of this process written again to redis")
@@ -875,6 +920,17 @@ class RedisBroker(Broker):
                     self.announce(room, "join", list(entries.values()))
         elif goodbye is not None and not said and not goodbye.done():
             goodbye.set_result(results[-1])
+
+    def _lost(self, room: str, seen: int, epoch: str) -> None:
+        log.warning(
+            "room %r: redis has fewer events of epoch %s than this process read (%d): it "
+            "lost some (a failover before they reached the replica?); the room starts a new "
+            "epoch%s, resumes from before are refused",
+            room,
+            self._epochs.get(room),
+            seen,
+            f" ({epoch})" if epoch else "",
+        )
 
     def _resync_args(self) -> list[str]:
         args = [self.prefix, self.process_id, str(int(self.presence_ttl * 1000))]
@@ -1071,9 +1127,16 @@ class RedisBroker(Broker):
             log.info("redis connected: %s (%s)", redacted(self.url), _where(redis))
             self._up = True
         # (Re)start every room where it was; a room whose epoch changed (Redis lost
-        # its data) starts from the beginning of its new epoch.
+        # its data; or lost events, and so started a new one) starts from the beginning
+        # of its new epoch.
         for room in list(self._positions):
-            epoch = await redis.get(self._key(room, "epoch"))
+            keys = [self._key(room, kind) for kind in ("stream", "epoch", "n")]
+            seen = self._offsets.get(room, 0)
+            epoch, lost = await self._check_script(
+                keys=keys, args=[self._epochs.get(room, ""), str(seen)]
+            )
+            if int(lost):
+                self._lost(room, seen, "")
             if epoch != self._epochs.get(room):
                 self._positions[room] = "0-0"
                 self._offsets[room] = 0
