@@ -268,3 +268,68 @@ def test_tornws_publish_reaches_the_new_master(sentinels: Sentinels) -> None:
         assert replica.info("replication")["role"] == "master"
     finally:
         replica.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_with_wait_a_publication_is_confirmed_only_once_a_replica_has_it(
+    sentinels: Sentinels,
+) -> None:
+    from tornws.broker import Envelope
+    from tornws.exceptions import NotReplicatedError
+    from tornws.frames import Message
+    from tornws.publisher import Publisher
+    from tornws.redis_broker import RedisBroker
+
+    from processes import run, tornws_command
+
+    seen: list[Envelope] = []
+    durable = RedisBroker(sentinels.url, replicas=1, replica_timeout=0.3)
+    durable.attach(seen.append)
+    await durable.start()
+    publisher = Publisher(sentinels.url, replicas=1, replica_timeout=0.3)
+    loop = asyncio.get_running_loop()
+    try:
+        durable.subscribe("news")
+        ready = durable.ready("news")
+        if ready is not None:
+            await ready
+        epoch, offset = await durable.publish_numbered("news", Message("replicated"))
+        assert offset == 1
+        assert (await loop.run_in_executor(None, publisher.say, "news", "too")).offset == 2
+
+        await loop.run_in_executor(None, sentinels.cut_replica)
+        started = time.monotonic()
+        with pytest.raises(NotReplicatedError) as refused:
+            await durable.publish_numbered("news", Message("only on the master"))
+        assert 0.25 < time.monotonic() - started < 5
+        assert (refused.value.epoch, refused.value.offset) == (epoch, 3)
+        assert "0 of 1 replica(s) confirmed it within 0.3 s" in str(refused.value)
+        assert durable.unreplicated == 1
+        with pytest.raises(NotReplicatedError) as refused:
+            await loop.run_in_executor(None, publisher.say, "news", "nor this")
+        assert refused.value.offset == 4
+        # Published all the same: the members got them (and without WAIT, nothing is said).
+        for _ in range(100):
+            if len(seen) >= 4:
+                break
+            await asyncio.sleep(0.02)
+        assert [e.offset for e in seen] == [1, 2, 3, 4]
+        with Publisher(sentinels.url) as hasty:
+            assert hasty.say("news", "unconfirmed").offset == 5
+        command = tornws_command(
+            "publish", "--broker", sentinels.url, "--wait-replicas", "1", "news", "1"
+        )
+        result = await loop.run_in_executor(None, run, command)
+        assert result.returncode == 1, result
+        assert "but 0 of 1 replica(s) confirmed it within 1 s" in result.stderr
+    finally:
+        publisher.close()
+        await durable.close()
+
+
+def test_wait_replicas_needs_a_broker() -> None:
+    from processes import run, tornws_command
+
+    result = run(tornws_command("serve", "--port", "0", "--wait-replicas", "1"))
+    assert result.returncode == 2
+    assert "--wait-replicas needs --broker" in result.stderr

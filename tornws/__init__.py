@@ -63,6 +63,7 @@ from .exceptions import (
     BrokerUnavailableError,
     ConfigError,
     HandshakeError,
+    NotReplicatedError,
     ProtocolError,
     TornwsError,
 )
@@ -200,6 +201,7 @@ __all__ = [
     "MemoryBroker",
     "Message",
     "Node",
+    "NotReplicatedError",
     "Opcode",
     "Position",
     "PresenceChange",

@@ -160,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(needs tornws[redis]); with --app too, unless that app has a registry of its own",
     )
     serve.add_argument(
+        "--wait-replicas",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --broker: confirm a numbered publication (the server API, a /live publish) "
+        "only once N Redis replicas have it (WAIT, 1 s at most; else it is answered as "
+        "unavailable), so that a failover cannot lose it (default: 0, do not wait)",
+    )
+    serve.add_argument(
         "--api-key",
         metavar="KEY",
         default=os.environ.get("TORNWS_API_KEY"),
@@ -403,6 +412,14 @@ def _add_publish(commands: Any) -> None:
         "redis+sentinel://host:port,.../db/service (default: $TORNWS_BROKER)",
     )
     publish.add_argument("--prefix", default="tornws", help="key prefix (default: %(default)s)")
+    publish.add_argument(
+        "--wait-replicas",
+        type=int,
+        default=0,
+        metavar="N",
+        help="return once N Redis replicas have the publication (WAIT, 1 s at most; else "
+        "exit 1: it was published, a failover may lose it) (default: 0, do not wait)",
+    )
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -423,7 +440,7 @@ def _publish(args: argparse.Namespace) -> int:
     from .publisher import Publisher
 
     try:
-        with Publisher(args.broker, prefix=args.prefix) as publisher:
+        with Publisher(args.broker, prefix=args.prefix, replicas=args.wait_replicas) as publisher:
             position = publisher.publish(args.channel, data)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -519,7 +536,7 @@ def _build_app(args: argparse.Namespace) -> tornado.web.Application:
         raise ConfigError("--api-key: an API key must be at least 16 characters")
     if args.app:
         app = load_app(args.app)
-        registry = _registry(args.broker)
+        registry = _registry(args.broker, args.wait_replicas)
         if registry is not None:
             if "tornws.registry" in app.settings:
                 raise ConfigError(f"--broker: the --app {args.app} has a registry of its own")
@@ -537,7 +554,9 @@ def _build_app(args: argparse.Namespace) -> tornado.web.Application:
         elif args.compress:
             options["compression"] = {}
         app = make_app(
-            registry=_registry(args.broker), handler_options=options, api_key=args.api_key
+            registry=_registry(args.broker, args.wait_replicas),
+            handler_options=options,
+            api_key=args.api_key,
         )
     return app
 
@@ -555,10 +574,12 @@ def _apply_settings(app: Any, args: argparse.Namespace) -> None:
         app.settings["tornws_max_connections_per_ip"] = args.max_connections_per_ip
 
 
-def _registry(broker: str | None) -> Any:
+def _registry(broker: str | None, replicas: int = 0) -> Any:
     from .registry import Registry
 
     if not broker:
+        if replicas:
+            raise ConfigError("--wait-replicas needs --broker: the replicas are Redis's")
         return None
     from .redis_broker import RedisBroker, check_url
 
@@ -568,7 +589,9 @@ def _registry(broker: str | None) -> Any:
     except ImportError:
         raise ConfigError("--broker needs redis-py: pip install 'tornws[redis]'") from None
 
-    return Registry(RedisBroker(broker))
+    if replicas < 0:
+        raise ConfigError(f"--wait-replicas {replicas}: expected 0 or more")
+    return Registry(RedisBroker(broker, replicas=replicas))
 
 
 def _client(args: argparse.Namespace) -> int:

@@ -11,7 +11,9 @@ Every exception tornws defines derives from :class:`TornwsError`::
      ├── ProtocolError    the peer broke RFC 6455 (the peer's fault): carries the
      │                    close code the connection is failed with
      ├── BrokerUnavailableError  a publication could not be numbered: the broker
-     │                    (Redis) is unreachable
+     │    │               (Redis) is unreachable
+     │    └── NotReplicatedError  it was numbered, but fewer replicas than asked
+     │                    confirmed it in time (Redis ``WAIT``)
      ├── TicketError      (tornws.auth) a ticket that cannot be redeemed: forged,
      │                    expired or used; answered with HTTP 401
      ├── ChatInputError   (tornws.chat; also ValueError) a chat.json message that
@@ -37,6 +39,7 @@ __all__ = [
     "BrokerUnavailableError",
     "ConfigError",
     "HandshakeError",
+    "NotReplicatedError",
     "ProtocolError",
     "TornwsError",
 ]
@@ -85,3 +88,14 @@ class ProtocolError(TornwsError):
 class BrokerUnavailableError(TornwsError):
     """A publication could not be numbered because the broker is unreachable (it may
     have reached this process's members, unnumbered)."""
+
+
+class NotReplicatedError(BrokerUnavailableError):
+    """A publication was numbered at ``epoch``:``offset``, but fewer than the replicas
+    asked for confirmed it within the time allowed (Redis ``WAIT``): it has reached the
+    members, and a failover now may lose it from the history."""
+
+    def __init__(self, message: str, epoch: str, offset: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.offset = offset

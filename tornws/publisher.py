@@ -30,7 +30,7 @@ from typing import Any
 
 from .broker import DEFAULT_HISTORY, DEFAULT_HISTORY_AGE
 from .chat import ChatEvent
-from .exceptions import BrokerUnavailableError, ConfigError
+from .exceptions import BrokerUnavailableError, ConfigError, NotReplicatedError
 from .hub import Position, disconnect_message, publication
 from .node import CONTROL_ROOM, DISCONNECT_CODE, DISCONNECT_REASON
 from .redis_broker import (
@@ -66,9 +66,17 @@ class _Base:
         prefix: str,
         history: int,
         history_age: float,
+        *,
+        replicas: int,
+        replica_timeout: float,
     ) -> None:
         check_url(url, "a Publisher's url")
+        if replicas < 0 or replica_timeout <= 0:
+            raise ConfigError("replicas must be 0 or more, replica_timeout more than 0 s")
         self.url = url
+        self.replicas = replicas
+        self._wait = ("WAIT", replicas, max(1, int(replica_timeout * 1000)))
+        self._replica_timeout = replica_timeout
         self.prefix = prefix
         self._maxlen = str(max(history, 1))
         self._ttl = str(int(history_age * 1000))
@@ -78,14 +86,30 @@ class _Base:
             self.prefix, room, payload, keep=keep, maxlen=self._maxlen, ttl=self._ttl
         )
 
+    def _position(self, results: list[Any]) -> Position:
+        """The position a pipeline's answers give: the script's, then ``WAIT``'s count."""
+        position = Position(str(results[0][0]), int(results[0][1]))
+        if self.replicas and int(results[1]) < self.replicas:
+            raise NotReplicatedError(
+                f"published at {position}, but {results[1]} of {self.replicas} replica(s) "
+                f"confirmed it within {self._replica_timeout:g} s: a failover may lose it",
+                *position,
+            )
+        return position
+
 
 class Publisher(_Base):
     """Publishes to tornws through Redis, synchronously (see the module docstring).
 
-    Thread-safe (redis-py's connection pool); one per process is enough.
+    Thread-safe (redis-py's connection pool); one per process is enough. ``url`` may
+    name a server or its Sentinels (:data:`tornws.redis_broker.URL_SCHEMES`). With
+    ``replicas`` N > 0, a publication returns once N replicas have it (Redis ``WAIT``,
+    ``replica_timeout`` seconds at most), so that a failover cannot lose it.
 
     Raises (every method):
         BrokerUnavailableError: Redis could not be reached (nothing was published).
+        NotReplicatedError: (a BrokerUnavailableError) it was published, at its
+            ``epoch`` and ``offset``, but fewer than ``replicas`` replicas confirmed it.
     """
 
     def __init__(
@@ -96,8 +120,12 @@ class Publisher(_Base):
         history: int = DEFAULT_HISTORY,
         history_age: float = DEFAULT_HISTORY_AGE,
         timeout: float = 5.0,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
-        super().__init__(url, prefix, history, history_age)
+        super().__init__(
+            url, prefix, history, history_age, replicas=replicas, replica_timeout=replica_timeout
+        )
         redis = _redis()
         self._errors = (redis.exceptions.RedisError, OSError)
         self._client = connect(
@@ -127,12 +155,15 @@ class Publisher(_Base):
     def _run(self, room: str, payload: object, *, keep: bool) -> Position:
         keys, args = self._call(room, payload, keep)
         try:
-            epoch, offset, *_ = self._script(keys=keys, args=args)
+            with self._client.pipeline(transaction=False) as pipe:
+                self._script(keys=keys, args=args, client=pipe)
+                if self.replicas:
+                    pipe.execute_command(*self._wait)
+                results = pipe.execute()
         except self._errors as exc:
-            raise BrokerUnavailableError(
-                f"redis unreachable ({redacted(self.url)}): {exc}"
-            ) from None
-        return Position(str(epoch), int(offset))
+            where = redacted(self.url)
+            raise BrokerUnavailableError(f"redis unreachable ({where}): {exc}") from None
+        return self._position(results)
 
     def close(self) -> None:
         self._client.close()
@@ -164,8 +195,12 @@ class AsyncPublisher(_Base):
         history: int = DEFAULT_HISTORY,
         history_age: float = DEFAULT_HISTORY_AGE,
         timeout: float = 5.0,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
-        super().__init__(url, prefix, history, history_age)
+        super().__init__(
+            url, prefix, history, history_age, replicas=replicas, replica_timeout=replica_timeout
+        )
         redis = _redis()
         self._errors = (redis.exceptions.RedisError, OSError)
         self._client = connect(
@@ -187,12 +222,15 @@ class AsyncPublisher(_Base):
     async def _run(self, room: str, payload: object, *, keep: bool) -> Position:
         keys, args = self._call(room, payload, keep)
         try:
-            epoch, offset, *_ = await self._script(keys=keys, args=args)
+            async with self._client.pipeline(transaction=False) as pipe:
+                await self._script(keys=keys, args=args, client=pipe)
+                if self.replicas:
+                    pipe.execute_command(*self._wait)
+                results = await pipe.execute()
         except self._errors as exc:
-            raise BrokerUnavailableError(
-                f"redis unreachable ({redacted(self.url)}): {exc}"
-            ) from None
-        return Position(str(epoch), int(offset))
+            where = redacted(self.url)
+            raise BrokerUnavailableError(f"redis unreachable ({where}): {exc}") from None
+        return self._position(results)
 
     async def close(self) -> None:
         await disconnect(self._client)

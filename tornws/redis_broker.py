@@ -65,7 +65,7 @@ from urllib.parse import unquote, urlsplit
 
 from .broker import DEFAULT_HISTORY, DEFAULT_HISTORY_AGE, Broker, Envelope
 from .chat import ChatEvent
-from .exceptions import BrokerUnavailableError, ConfigError
+from .exceptions import BrokerUnavailableError, ConfigError, NotReplicatedError
 from .frames import Message
 from .live import _PRESENCE_ROOM as _LIVE_PRESENCE_ROOM
 from .live import _ROOM as _LIVE_ROOM
@@ -557,6 +557,12 @@ class RedisBroker(Broker):
             (:data:`HEARTBEAT_INTERVAL`); the crash bound is their sum.
         presence_timeout: seconds a presence read waits for Redis
             (:data:`PRESENCE_TIMEOUT`).
+        replicas: with N > 0, a numbered publication (:meth:`publish_numbered`,
+            :meth:`publish_once`: the server API, a ``/live`` publish) is confirmed only
+            once N replicas have it (Redis ``WAIT``, in the same pipeline), so that a
+            failover cannot lose what was confirmed; else it fails with
+            :class:`~tornws.exceptions.NotReplicatedError` (it was published).
+        replica_timeout: seconds that wait lasts at most.
 
     Presence: :meth:`presence` and :meth:`presence_count` read Redis
     (:meth:`presence_now` is ``None``: await them). :meth:`presence_count` is one
@@ -576,9 +582,15 @@ class RedisBroker(Broker):
         presence_ttl: float = PRESENCE_TTL,
         heartbeat: float = HEARTBEAT_INTERVAL,
         presence_timeout: float = PRESENCE_TIMEOUT,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
         super().__init__()
         check_url(url, "RedisBroker")
+        if replicas < 0 or replica_timeout <= 0:
+            raise ConfigError("replicas must be 0 or more, replica_timeout more than 0 s")
+        self.replicas = replicas
+        self.replica_timeout = replica_timeout
         self.url = url
         self.prefix = prefix
         self.history = history
@@ -596,6 +608,8 @@ class RedisBroker(Broker):
         self.swept = 0
         #: Publishes that could not reach Redis (delivered locally only).
         self.failures = 0
+        #: Numbered publications that fewer than :attr:`replicas` replicas confirmed.
+        self.unreplicated = 0
         #: Events this process never read: it fell more than ``history`` behind.
         self.skipped = 0
         self._redis: Any = None
@@ -780,10 +794,31 @@ class RedisBroker(Broker):
         keys.append(f"{self.prefix}:once:{key}")
         args.append(str(max(1, int(seconds * 1000))))
         try:
-            answer = await self._script(keys=keys, args=args)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                await self._script(keys=keys, args=args, client=pipe)
+                if self.replicas:
+                    self._wait(pipe)
+                results = await pipe.execute()
         except self._errors as exc:
             raise BrokerUnavailableError(f"redis unreachable: {exc}") from None
-        return str(answer[0]), int(answer[1]), int(answer[2]) == 1
+        answer = results[0]
+        epoch, offset = str(answer[0]), int(answer[1])
+        if self.replicas and int(results[1]) < self.replicas:
+            raise self._not_replicated(int(results[1]), epoch, offset)
+        return epoch, offset, int(answer[2]) == 1
+
+    def _wait(self, pipe: Any) -> None:
+        """Queue ``WAIT`` for :attr:`replicas` on ``pipe`` (after its writes)."""
+        pipe.execute_command("WAIT", self.replicas, max(1, int(self.replica_timeout * 1000)))
+
+    def _not_replicated(self, count: int, epoch: str, offset: int) -> NotReplicatedError:
+        self.unreplicated += 1
+        return NotReplicatedError(
+            f"published at {epoch}:{offset}, but {count} of {self.replicas} replica(s) "
+            f"confirmed it within {self.replica_timeout:g} s: a failover may lose it",
+            epoch,
+            offset,
+        )
 
     async def claim_once(self, key: str, seconds: float) -> bool:
         try:
@@ -888,6 +923,9 @@ class RedisBroker(Broker):
                 )
                 await self._script(keys=keys, args=args, client=pipe)
                 numbered.append((room, seen[1], future))
+            confirm = self.replicas > 0 and any(p and p[2] for p in numbered)
+            if confirm:  # (its answer follows the batch's)
+                self._wait(pipe)
             if resync:  # after the batch: what Redis has of this process is then exactly it
                 await self._resync_script(
                     keys=[f"{self.prefix}:alive:{pid}", f"{self.prefix}:processes"],
@@ -899,14 +937,8 @@ class RedisBroker(Broker):
                     keys=[f"{self.prefix}:processes"], args=[self.prefix, pid], client=pipe
                 )
             results = await pipe.execute()
-        for published, result in zip(numbered, results):
-            if published is None:
-                continue
-            room, read, future = published
-            if result[3] == 1:
-                self._lost(room, read, str(result[0]))
-            if future is not None and not future.done():
-                future.set_result((str(result[0]), int(result[1])))
+        replicated = int(results[len(numbered)]) if confirm else self.replicas
+        self._settle(numbered, results, replicated)
         if resync:
             self._resync = False
             log.info("presence of this process written again to redis")
@@ -920,6 +952,28 @@ class RedisBroker(Broker):
                     self.announce(room, "join", list(entries.values()))
         elif goodbye is not None and not said and not goodbye.done():
             goodbye.set_result(results[-1])
+
+    def _settle(
+        self,
+        numbered: list[tuple[str, int, asyncio.Future[tuple[str, int]] | None] | None],
+        results: list[Any],
+        replicated: int,
+    ) -> None:
+        """Answer the numbering futures of a pipeline's publications from its ``results``
+        (``replicated``: how many replicas confirmed them); log a room found to have
+        lost events."""
+        for published, result in zip(numbered, results):
+            if published is None:
+                continue
+            room, read, future = published
+            if result[3] == 1:
+                self._lost(room, read, str(result[0]))
+            if future is not None and not future.done():
+                epoch, offset = str(result[0]), int(result[1])
+                if replicated < self.replicas:
+                    future.set_exception(self._not_replicated(replicated, epoch, offset))
+                else:
+                    future.set_result((epoch, offset))
 
     def _lost(self, room: str, seen: int, epoch: str) -> None:
         log.warning(
