@@ -438,6 +438,71 @@ async def test_a_redis_that_numbered_less_than_was_read_starts_a_new_epoch(
         await broker.close()
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_offsets_numbered_again_are_never_delivered_as_what_follows(
+    redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis lost a room's last events (a replica promoted before it had them). A
+    publisher that was given them starts a new epoch itself; one that knew nothing of the
+    room (a fresh script) is given offsets the reader delivered already: the reader
+    delivers neither those nor what follows in that epoch, and the room starts anew."""
+    import redis as redis_py
+
+    from tornws.broker import Envelope
+    from tornws.publisher import Publisher
+    from tornws.redis_broker import RedisBroker
+
+    seen: list[Envelope] = []
+    broker = RedisBroker(redis.url)
+    broker.attach(seen.append)
+    await broker.start()
+    raw = redis_py.Redis(port=redis.port, decode_responses=True)
+    loop = asyncio.get_running_loop()
+
+    async def received(room: str, count: int) -> list[Envelope]:
+        for _ in range(300):
+            if len([e for e in seen if e.room == room]) >= count:
+                break
+            await asyncio.sleep(0.01)
+        return [e for e in seen if e.room == room]
+
+    try:
+        for room in ("r", "s"):
+            broker.subscribe(room)
+            ready = broker.ready(room)
+            if ready is not None:
+                await ready
+        with Publisher(redis.url) as publisher:
+            for room in ("r", "s"):
+                for i in range(5):
+                    publisher.say(room, f"read {i}")
+            read = {room: await received(room, 5) for room in ("r", "s")}
+            assert [e.offset for e in read["r"]] == [1, 2, 3, 4, 5] == [e.offset for e in read["s"]]
+            for room in ("r", "s"):
+                raw.set(f"tornws:room:{room}:n", 3)  # (what the promoted replica had)
+            # This publisher remembers it was given 5 in "r": it starts a new epoch itself.
+            own = await loop.run_in_executor(None, publisher.say, "r", "remembered")
+        assert own.epoch != read["r"][0].epoch and own.offset == 1
+        assert [(e.epoch, e.offset) for e in (await received("r", 6))[5:]] == [own]
+        with caplog.at_level("WARNING", "tornws.redis_broker"):
+            with Publisher(redis.url) as stranger:  # never published to "s"
+                again = [stranger.say("s", f"renumbered {i}") for i in range(3)]
+            assert [p.offset for p in again] == [4, 5, 6]  # (6: beyond what was read)
+            for _ in range(100):
+                if raw.get("tornws:room:s:epoch") is None:
+                    break
+                await asyncio.sleep(0.02)
+            assert raw.get("tornws:room:s:epoch") is None  # the reader ended that epoch
+            assert "redis has fewer events of epoch" in caplog.text
+        epoch, offset = await broker.publish_numbered("s", Message("fresh"))
+        assert epoch != read["s"][0].epoch and offset == 1
+        after = [(e.epoch, e.offset, e.payload) for e in (await received("s", 6))[5:]]
+        assert after == [(epoch, 1, Message("fresh"))]  # and none of the renumbered ones
+    finally:
+        raw.close()
+        await broker.close()
+
+
 class Live:
     """A /live client that keeps the pushes arriving while it waits for a reply."""
 

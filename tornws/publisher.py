@@ -35,6 +35,7 @@ from .hub import Position, disconnect_message, publication
 from .node import CONTROL_ROOM, DISCONNECT_CODE, DISCONNECT_REASON
 from .redis_broker import (
     PUBLISH_SCRIPT,
+    Numbered,
     check_url,
     connect,
     disconnect,
@@ -77,18 +78,26 @@ class _Base:
         self.replicas = replicas
         self._wait = ("WAIT", replicas, max(1, int(replica_timeout * 1000)))
         self._replica_timeout = replica_timeout
+        self._numbered = Numbered()
         self.prefix = prefix
         self._maxlen = str(max(history, 1))
         self._ttl = str(int(history_age * 1000))
 
     def _call(self, room: str, payload: object, keep: bool) -> tuple[list[str], list[str]]:
         return publish_call(
-            self.prefix, room, payload, keep=keep, maxlen=self._maxlen, ttl=self._ttl
+            self.prefix,
+            room,
+            payload,
+            keep=keep,
+            maxlen=self._maxlen,
+            ttl=self._ttl,
+            seen=self._numbered.get(room) or ("", 0),
         )
 
-    def _position(self, results: list[Any]) -> Position:
+    def _position(self, room: str, results: list[Any]) -> Position:
         """The position a pipeline's answers give: the script's, then ``WAIT``'s count."""
         position = Position(str(results[0][0]), int(results[0][1]))
+        self._numbered.put(room, *position)
         if self.replicas and int(results[1]) < self.replicas:
             raise NotReplicatedError(
                 f"published at {position}, but {results[1]} of {self.replicas} replica(s) "
@@ -163,7 +172,7 @@ class Publisher(_Base):
         except self._errors as exc:
             where = redacted(self.url)
             raise BrokerUnavailableError(f"redis unreachable ({where}): {exc}") from None
-        return self._position(results)
+        return self._position(room, results)
 
     def close(self) -> None:
         self._client.close()
@@ -230,7 +239,7 @@ class AsyncPublisher(_Base):
         except self._errors as exc:
             where = redacted(self.url)
             raise BrokerUnavailableError(f"redis unreachable ({where}): {exc}") from None
-        return self._position(results)
+        return self._position(room, results)
 
     async def close(self) -> None:
         await disconnect(self._client)

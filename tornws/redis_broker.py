@@ -58,6 +58,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable
 from typing import Any, NamedTuple
@@ -81,6 +82,7 @@ __all__ = [
     "PUBLISH_SCRIPT",
     "SENTINEL_TIMEOUT",
     "URL_SCHEMES",
+    "Numbered",
     "RedisBroker",
     "SentinelURL",
     "check_url",
@@ -539,6 +541,27 @@ def _where(client: Any) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
+class Numbered:
+    """The last position given to a publisher's publications in each room, for the
+    publish script's check (a server that numbered less lost events), in the last
+    ``rooms`` rooms published to. Thread-safe."""
+
+    def __init__(self, rooms: int = 10_000) -> None:
+        self.rooms = rooms
+        self._last: dict[str, tuple[str, int]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, room: str) -> tuple[str, int] | None:
+        return self._last.get(room)
+
+    def put(self, room: str, epoch: str, offset: int) -> None:
+        with self._lock:
+            last = self._last
+            if room not in last and len(last) >= self.rooms:
+                del last[next(iter(last))]  # (the room first published to)
+            last[room] = (epoch, offset)
+
+
 class RedisBroker(Broker):
     """A :class:`~tornws.broker.Broker` on Redis; see the module docstring.
 
@@ -615,6 +638,8 @@ class RedisBroker(Broker):
         self._redis: Any = None
         self._positions: dict[str, str] = {}  # subscribed room -> last stream id delivered
         self._offsets: dict[str, int] = {}  # subscribed room -> its offset (0: none yet)
+        self._spoiled: dict[str, str] = {}  # room -> an epoch whose entries are not delivered
+        self._numbered = Numbered()  # what this process's publications were given
         # Reads in flight, shared by whoever asks the same while they are (a reconnect
         # storm: 10,000 greetings of one room are a few reads, not 10,000 at once).
         self._presence_reads: dict[str, asyncio.Future[list[Any]]] = {}
@@ -753,6 +778,7 @@ class RedisBroker(Broker):
     def unsubscribe(self, room: str) -> None:
         self._positions.pop(room, None)
         self._offsets.pop(room, None)
+        self._spoiled.pop(room, None)
         self._epochs.pop(room, None)
         future = self._pending.pop(room, None)
         if future is not None and not future.done():
@@ -789,7 +815,7 @@ class RedisBroker(Broker):
             keep=True,
             maxlen=str(max(self.history, 1)),
             ttl=str(int(self.history_age * 1000)),
-            seen=(self._epochs.get(room, ""), self._offsets.get(room, 0)),
+            seen=self._seen(room),
         )
         keys.append(f"{self.prefix}:once:{key}")
         args.append(str(max(1, int(seconds * 1000))))
@@ -803,6 +829,7 @@ class RedisBroker(Broker):
             raise BrokerUnavailableError(f"redis unreachable: {exc}") from None
         answer = results[0]
         epoch, offset = str(answer[0]), int(answer[1])
+        self._numbered.put(room, epoch, offset)
         if self.replicas and int(results[1]) < self.replicas:
             raise self._not_replicated(int(results[1]), epoch, offset)
         return epoch, offset, int(answer[2]) == 1
@@ -917,7 +944,7 @@ class RedisBroker(Broker):
                         await self._add_script(keys=keys, args=args, client=pipe)
                     numbered.append(None)
                     continue
-                seen = (self._epochs.get(room, ""), self._offsets.get(room, 0))
+                seen = self._seen(room)
                 keys, args = publish_call(
                     self.prefix, room, payload, keep=keep, maxlen=maxlen, ttl=ttl, seen=seen
                 )
@@ -968,12 +995,22 @@ class RedisBroker(Broker):
             room, read, future = published
             if result[3] == 1:
                 self._lost(room, read, str(result[0]))
+            epoch, offset = str(result[0]), int(result[1])
+            self._numbered.put(room, epoch, offset)
             if future is not None and not future.done():
-                epoch, offset = str(result[0]), int(result[1])
                 if replicated < self.replicas:
                     future.set_exception(self._not_replicated(replicated, epoch, offset))
                 else:
                     future.set_result((epoch, offset))
+
+    def _seen(self, room: str) -> tuple[str, int]:
+        """The highest position this process knows ``room`` reached: read or given to
+        its own publications (for the publish script's check)."""
+        epoch, offset = self._epochs.get(room, ""), self._offsets.get(room, 0)
+        mine = self._numbered.get(room)
+        if mine is not None and (mine[0] == epoch or not epoch) and mine[1] > offset:
+            return mine
+        return epoch, offset
 
     def _lost(self, room: str, seen: int, epoch: str) -> None:
         log.warning(
@@ -1180,21 +1217,7 @@ class RedisBroker(Broker):
         if not self._up:
             log.info("redis connected: %s (%s)", redacted(self.url), _where(redis))
             self._up = True
-        # (Re)start every room where it was; a room whose epoch changed (Redis lost
-        # its data; or lost events, and so started a new one) starts from the beginning
-        # of its new epoch.
-        for room in list(self._positions):
-            keys = [self._key(room, kind) for kind in ("stream", "epoch", "n")]
-            seen = self._offsets.get(room, 0)
-            epoch, lost = await self._check_script(
-                keys=keys, args=[self._epochs.get(room, ""), str(seen)]
-            )
-            if int(lost):
-                self._lost(room, seen, "")
-            if epoch != self._epochs.get(room):
-                self._positions[room] = "0-0"
-                self._offsets[room] = 0
-                self._epochs[room] = epoch or ""
+        await self._check_rooms()
         while True:
             for room in list(self._pending):
                 last = await redis.xrevrange(self._key(room, "stream"), count=1)
@@ -1221,7 +1244,14 @@ class RedisBroker(Broker):
                         break
                     offset = int(fields["o"])
                     previous = self._offsets[room]
-                    if previous and offset > previous + 1 and fields["e"] == self._epochs[room]:
+                    same = fields["e"] == self._epochs[room]
+                    if (same and offset <= previous) or (
+                        self._spoiled and self._spoiled.get(room) == fields["e"]
+                    ):
+                        self._positions[room] = entry_id  # (not delivered: see _renumbered)
+                        await self._renumbered(room, fields["e"], previous)
+                        continue
+                    if previous and offset > previous + 1 and same:
                         self.skipped += offset - previous - 1
                         log.warning(
                             "room %r: fell %d event(s) behind the stream's length; skipped",
@@ -1234,6 +1264,34 @@ class RedisBroker(Broker):
                     envelope = Envelope(room, offset, decode_payload(fields["p"]), fields["e"])
                     assert self._deliver is not None
                     self._deliver(envelope)
+
+    async def _check_rooms(self) -> None:
+        """(Re)start every room where it was, back on Redis; a room whose epoch changed
+        (Redis lost its data; or lost events, and so starts a new one) starts from the
+        beginning of its new epoch."""
+        for room in list(self._positions):
+            keys = [self._key(room, kind) for kind in ("stream", "epoch", "n")]
+            known, seen = self._seen(room)
+            epoch, lost = await self._check_script(keys=keys, args=[known, str(seen)])
+            if int(lost):
+                self._lost(room, seen, "")
+            if epoch != self._epochs.get(room):
+                self._positions[room] = "0-0"
+                self._offsets[room] = 0
+                self._epochs[room] = epoch or ""
+
+    async def _renumbered(self, room: str, epoch: str, read: int) -> None:
+        """An entry of ``room`` numbered at or below the offset this process read in that
+        epoch: Redis gave an offset clients saw to another event (it lost events, in a
+        failover, before anyone who read them published). Every later entry of that epoch
+        is left undelivered (a client would take them for what follows what it saw), and
+        the room starts a new epoch."""
+        if self._spoiled.get(room) == epoch:
+            return
+        self._spoiled[room] = epoch
+        self._lost(room, read, "")
+        keys = [self._key(room, kind) for kind in ("stream", "epoch", "n")]
+        await self._check_script(keys=keys, args=[epoch, str(2**53)])  # (whatever its counter)
 
     # History
 
