@@ -17,6 +17,7 @@ PUBLIC_MODULES = [
     "tornws.bench",
     "tornws.bench.bare_websockets",
     "tornws.bench.counts",
+    "tornws.bench.failover",
     "tornws.bench.load",
     "tornws.bench.raw_tornado",
     "tornws.bench.report",

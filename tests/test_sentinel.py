@@ -173,6 +173,24 @@ async def test_after_a_failover_every_process_carries_on_with_the_new_master(
         assert "redis connection lost" in server.output, server.output
         connected = [line for line in server.output.splitlines() if "redis connected" in line]
         assert connected and connected[-1].endswith(replica), connected
+        metrics = await metrics_of(server)  # the outage, counted
+        assert metrics["tornws_broker_up"] == 1 and metrics["tornws_broker_outages_total"] >= 1
+        assert metrics["tornws_broker_history_losses_total"] == 0
+
+
+async def metrics_of(server: Server) -> dict[str, float]:
+    """``/metrics`` of ``server``, the samples without labels."""
+    import tornado.httpclient
+
+    pytest.importorskip("prometheus_client", reason="pip install 'tornws[metrics]'")
+    url = server.url.replace("ws://", "http://") + "/metrics"
+    response = await tornado.httpclient.AsyncHTTPClient().fetch(url)
+    samples = {}
+    for line in response.body.decode().splitlines():
+        name, _, value = line.partition(" ")
+        if line and not line.startswith("#") and "{" not in name:
+            samples[name] = float(value)
+    return samples
 
 
 async def first_to_cross(sender: Any, receiver: Any, timeout: float = 30.0) -> dict[str, Any]:
@@ -243,6 +261,8 @@ async def test_events_the_promoted_replica_never_had_are_not_numbered_again(
         await carol.close()
     for client in (ann, bob):
         await client.close()
+    losses = [(await metrics_of(s))["tornws_broker_history_losses_total"] for s in (a, b)]
+    assert sorted(losses) == [0, 1]  # (the first process back found it)
 
 
 def test_tornws_publish_reaches_the_new_master(sentinels: Sentinels) -> None:
@@ -333,3 +353,24 @@ def test_wait_replicas_needs_a_broker() -> None:
     result = run(tornws_command("serve", "--port", "0", "--wait-replicas", "1"))
     assert result.returncode == 2
     assert "--wait-replicas needs --broker" in result.stderr
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_failover_loses_what_the_replica_lacked_unless_wait_was_asked() -> None:
+    """The bench's failover (tornws bench --failover): with the replica cut off halfway,
+    the publications the master confirmed after that are gone with it; with WAIT for one
+    replica, none that was confirmed is lost (those not replicated were refused)."""
+    if REDIS is None:
+        pytest.skip("no redis-server (apt-get install redis-server)")
+    from tornws.bench.failover import lines, measure
+
+    hasty = await measure(wait=False, lagging=True, seconds=0.6)
+    durable = await measure(wait=True, lagging=True, seconds=0.6)
+    assert hasty["confirmed"] > hasty["lost"] > 0, hasty  # (the first half was replicated)
+    assert hasty["refused"] == 0, hasty
+    assert durable["lost"] == 0 and durable["refused"] >= 1, durable
+    assert durable["confirmed"] > 0, durable
+    for case in (hasty, durable):
+        assert case["promoted_s"] <= case["failover_s"] < 15, case
+    table = lines([hasty, durable])
+    assert table[2].split()[:2] == ["cut", "off"] and table[3].split()[2] == "1"

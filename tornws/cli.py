@@ -296,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
         "lines lost",
     )
     bench.add_argument(
+        "--failover",
+        action="store_true",
+        help="also a Redis failover (needs redis-server): a master, its replica and three "
+        "Sentinels on 127.0.0.1, kill -9 of the master under a publisher; the time to the "
+        "new master and the confirmed publications lost, with and without WAIT",
+    )
+    bench.add_argument(
         "--deflate",
         action="store_true",
         help="also permessage-deflate: memory per connection and 1 KiB chat broadcasts on "

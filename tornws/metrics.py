@@ -114,11 +114,47 @@ def collector(application: Any) -> Any:
                 family = HistogramMetricFamily(name, text)
                 family.add_metric([], histogram.cumulative(), histogram.sum)
                 yield family
+            yield from _broker_families(registry.broker)
             pauses = heap.watched()
             if pauses is not None:
                 yield from _gc_families(pauses)
 
     return TornwsCollector()
+
+
+def _broker_families(broker: Any) -> Iterator[Any]:
+    """The Redis broker's state and counters (a broker that has them: ``up``...)."""
+    if not hasattr(broker, "outages"):
+        return
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    yield GaugeMetricFamily(
+        "tornws_broker_up", "1 while Redis answers this process, else 0.", value=int(broker.up)
+    )
+    for name, value, text in (
+        ("tornws_broker_outages", broker.outages, "Times Redis became unreachable."),
+        (
+            "tornws_broker_local_only_publications",
+            broker.failures,
+            "Publications delivered to this process's members only: Redis was unreachable.",
+        ),
+        (
+            "tornws_broker_skipped_events",
+            broker.skipped,
+            "Events this process never read: it fell more than the history behind.",
+        ),
+        (
+            "tornws_broker_unreplicated_publications",
+            broker.unreplicated,
+            "Numbered publications fewer replicas confirmed than --wait-replicas asks.",
+        ),
+        (
+            "tornws_broker_history_losses",
+            broker.history_losses,
+            "Rooms found to have lost events in Redis (a failover): each started a new epoch.",
+        ),
+    ):
+        yield CounterMetricFamily(name, text, value=value)
 
 
 def _gc_families(pauses: heap.Pauses) -> Iterator[Any]:

@@ -115,10 +115,10 @@ class Publisher(_Base):
     ``replicas`` N > 0, a publication returns once N replicas have it (Redis ``WAIT``,
     ``replica_timeout`` seconds at most), so that a failover cannot lose it.
 
-    Raises (every method):
-        BrokerUnavailableError: Redis could not be reached (nothing was published).
-        NotReplicatedError: (a BrokerUnavailableError) it was published, at its
-            ``epoch`` and ``offset``, but fewer than ``replicas`` replicas confirmed it.
+    Every method raises :class:`~tornws.exceptions.BrokerUnavailableError` when Redis
+    could not be reached (nothing was published), and its subclass
+    :class:`~tornws.exceptions.NotReplicatedError` when the publication was made (at the
+    error's ``epoch`` and ``offset``) but fewer than ``replicas`` replicas confirmed it.
     """
 
     def __init__(

@@ -633,6 +633,11 @@ class RedisBroker(Broker):
         self.failures = 0
         #: Numbered publications that fewer than :attr:`replicas` replicas confirmed.
         self.unreplicated = 0
+        #: Times Redis went from answering to unreachable.
+        self.outages = 0
+        #: Times a room was found to have lost events in Redis (a failover): it started
+        #: a new epoch.
+        self.history_losses = 0
         #: Events this process never read: it fell more than ``history`` behind.
         self.skipped = 0
         self._redis: Any = None
@@ -1013,6 +1018,7 @@ class RedisBroker(Broker):
         return epoch, offset
 
     def _lost(self, room: str, seen: int, epoch: str) -> None:
+        self.history_losses += 1
         log.warning(
             "room %r: redis has fewer events of epoch %s than this process read (%d): it "
             "lost some (a failover before they reached the replica?); the room starts a new "
@@ -1034,7 +1040,7 @@ class RedisBroker(Broker):
         messages = [item for item in batch if type(item[1]) is not _PresenceOp]
         if len(messages) < len(batch):
             self._resync = True  # written again once Redis is back
-        self._up = False
+        self._down()
         if not messages:
             return
         self.failures += len(messages)
@@ -1206,9 +1212,19 @@ class RedisBroker(Broker):
             except self._errors as exc:  # retry with backoff
                 if self._up:
                     log.warning("redis connection lost (%s); retrying", exc)
-                self._up = False
+                self._down()
                 await asyncio.sleep(self._backoff)
                 self._backoff = min(self._backoff * 2, 5.0)
+
+    def _down(self) -> None:
+        if self._up:
+            self._up = False
+            self.outages += 1
+
+    @property
+    def up(self) -> bool:
+        """Whether Redis answered last (reading, or publishing)."""
+        return self._up
 
     async def _read_forever(self) -> None:
         redis = self._redis

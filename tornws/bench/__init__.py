@@ -521,7 +521,13 @@ async def _counts(
 def _extras(
     args: Any, report: dict[str, Any], runner: Callable[[Any], Any], progress: Callable[[str], None]
 ) -> None:
-    """``--storm``: the restart under load (tornws only), into ``report["storm"]``."""
+    """``--storm``: the restart under load (tornws only), into ``report["storm"]``;
+    ``--failover``: a Redis failover's cost, into ``report["failover"]``."""
+    if getattr(args, "failover", False):
+        from .failover import failover
+
+        progress("Redis failover: 4 cases (replica in sync or cut off, with and without WAIT)")
+        report["failover"] = runner(failover())
     if getattr(args, "storm", False):
         from .storm import storm
 

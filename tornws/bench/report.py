@@ -183,6 +183,15 @@ def _storm_lines(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _failover_lines(report: dict[str, Any]) -> list[str]:
+    cases = report.get("failover")
+    if not cases:
+        return []
+    from .failover import lines
+
+    return [*lines(cases), ""]
+
+
 def _soak_lines(report: dict[str, Any]) -> list[str]:
     soaks = soaked(report)
     if not soaks:
@@ -304,7 +313,7 @@ def table(report: dict[str, Any]) -> str:
             )
             lines.append(f"  {subject:<15} {figures}")
         lines.append("")
-    lines += _soak_lines(report) + _storm_lines(report)
+    lines += _soak_lines(report) + _storm_lines(report) + _failover_lines(report)
     lines.append(summary(report))
     return "\n".join(lines) + "\n"
 
