@@ -18,6 +18,5 @@ class Redis(RedisProcess):
     """redis-server on 127.0.0.1, no persistence: a restart loses everything."""
 
     def __init__(self) -> None:
-        # (Removed with this object: a stopped server may be started again.)
-        self._dir = tempfile.TemporaryDirectory(prefix="tornws-redis-")
-        super().__init__(directory=self._dir.name)
+        # (It writes no file there: no persistence, no replica.)
+        super().__init__(directory=tempfile.gettempdir())

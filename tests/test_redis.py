@@ -207,6 +207,63 @@ async def test_redis_outage_keeps_local_rooms_going_and_heals(
         await client.close()
 
 
+@pytest.mark.gen_test(timeout=60)
+async def test_a_redis_that_stops_answering_does_not_stop_each_process_serving_its_own(
+    redis: Redis, pair: tuple[Server, Server]
+) -> None:
+    """Redis frozen (SIGSTOP: connections open, no answer; what a network partition
+    looks like): within the broker's command timeout each process delivers its own
+    members' lines, unnumbered; the outage is logged; once Redis answers, lines cross
+    the processes again and a resume across the outage works."""
+    import signal
+
+    a, b = pair
+    ann = await chat(a, "hush", "ann")
+    await events(ann, 2)
+    carol = await chat(a, "hush", "carol")
+    bob = await chat(b, "hush", "bob")
+    await until(ann, lambda e: e["type"] == "join" and e["nick"] == "bob")
+    await ann.send(say("before"))
+    before = (await until(bob, lambda e: e.get("text") == "before"))[-1]
+    assert redis.process is not None
+    redis.process.send_signal(signal.SIGSTOP)
+    try:
+        sent = time.monotonic()
+        await ann.send(say("frozen 1"))
+        got = (await until(carol, lambda e: e.get("text") == "frozen 1", timeout=10))[-1]
+        assert got["id"] == 0 and time.monotonic() - sent < 2 * 2.0 + 2  # (2 tries)
+        sent = time.monotonic()
+        await ann.send(say("frozen 2"))  # Redis is known down now: at once
+        got = (await until(carol, lambda e: e.get("text") == "frozen 2", timeout=10))[-1]
+        assert got["id"] == 0 and time.monotonic() - sent < 1.0
+    finally:
+        redis.process.send_signal(signal.SIGCONT)
+    assert "redis unreachable" in a.output, a.output
+    crossed = await first_to_cross(ann, bob)
+    assert crossed["epoch"] == before["epoch"] and crossed["id"] > before["id"]
+    back = await chat(b, "hush", "dan", since=f"{before['epoch']}:{before['id']}")
+    resumed = await until(back, lambda e: e["type"] == "resumed")
+    assert resumed[-1]["recovered"] is True
+    assert crossed["id"] in [e.get("id") for e in resumed]
+    for client in (ann, bob, carol, back):
+        await client.close()
+
+
+async def first_to_cross(sender: Any, receiver: Any, timeout: float = 30.0) -> dict[str, Any]:
+    """Send probes from ``sender`` until one reaches ``receiver`` (on another process,
+    once both reach Redis again); that message."""
+    deadline = time.monotonic() + timeout
+    probe = 0
+    while time.monotonic() < deadline:
+        text = f"probe {probe}"
+        await sender.send(say(text))
+        try:
+            return (await until(receiver, lambda e, text=text: e.get("text") == text, 0.5))[-1]
+        except asyncio.TimeoutError:
+            probe += 1
+    raise AssertionError("no line crossed the processes")
+
+
 def test_broker_must_be_a_redis_url() -> None:
     from processes import run, tornws_command
 

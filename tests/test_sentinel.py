@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_redis import chat, events, say, until
+from test_redis import chat, events, first_to_cross, say, until
 
 from tornws.exceptions import ConfigError
 from tornws.redis_broker import SentinelURL, check_url, parse_sentinel_url
@@ -129,19 +129,8 @@ async def test_after_a_failover_every_process_carries_on_with_the_new_master(
     assert seconds < 15, seconds
 
     # Until the processes reach the new master, a line is delivered on its own process
-    # only (id 0); then it crosses again. Probe until one does.
-    deadline = time.monotonic() + 30
-    probe = 0
-    while True:
-        assert time.monotonic() < deadline, "no line crossed the processes after the failover"
-        await ann.send(say(f"probe {probe}"))
-        try:
-            crossed = await messages_until(bob, f"probe {probe}", timeout=0.5)
-        except asyncio.TimeoutError:
-            probe += 1
-            continue
-        break
-    first = crossed[-1]
+    # only (id 0); then it crosses again.
+    first = await first_to_cross(ann, bob)
     assert first["epoch"] == last["epoch"] and first["id"] > last["id"]  # the new master's
     # Numbered from there on, by the new master, in one order for everyone.
     for i in range(5):
@@ -191,20 +180,6 @@ async def metrics_of(server: Server) -> dict[str, float]:
         if line and not line.startswith("#") and "{" not in name:
             samples[name] = float(value)
     return samples
-
-
-async def first_to_cross(sender: Any, receiver: Any, timeout: float = 30.0) -> dict[str, Any]:
-    """Send probes from ``sender`` until one reaches ``receiver`` (on another process,
-    once both reach Redis again); that message."""
-    deadline = time.monotonic() + timeout
-    probe = 0
-    while time.monotonic() < deadline:
-        await sender.send(say(f"probe {probe}"))
-        try:
-            return (await messages_until(receiver, f"probe {probe}", timeout=0.5))[-1]
-        except asyncio.TimeoutError:
-            probe += 1
-    raise AssertionError("no line crossed the processes after the failover")
 
 
 @pytest.mark.gen_test(timeout=90)

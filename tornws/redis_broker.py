@@ -12,9 +12,11 @@ messages in the stream's order. A process's own publishes come back to it the
 same way (nothing is delivered before Redis has it, so the order is the same
 everywhere).
 
-When Redis is unreachable: publishes are delivered to the local members only,
-without an id (``offset`` 0, ``epoch`` ""), counted in :attr:`RedisBroker.failures`
-and logged; reading retries with backoff (0.1 s doubling to 5 s). When Redis is
+When Redis is unreachable (a command or a connection fails, or gets no answer within
+``timeout``, :data:`COMMAND_TIMEOUT`: a frozen Redis, one behind a partition):
+publishes are delivered to the local members only, at once, without an id (``offset``
+0, ``epoch`` ""), counted in :attr:`RedisBroker.failures` and logged, until the reader
+reaches Redis again; it retries with backoff (0.1 s doubling to 1 s). When Redis is
 back, reading restarts from where each room was, or from the start of the
 room's new epoch if Redis lost its data (a restart without persistence). A
 client joining a room its process does not read yet, while Redis is down, is
@@ -74,6 +76,7 @@ from .live import PresenceChange, Publication
 from .node import Disconnect
 
 __all__ = [
+    "COMMAND_TIMEOUT",
     "HEARTBEAT_INTERVAL",
     "MAX_CONNECTIONS",
     "PRESENCE_CRASH_BOUND",
@@ -112,6 +115,10 @@ HEARTBEAT_INTERVAL = 2.0
 PRESENCE_CRASH_BOUND = PRESENCE_TTL + HEARTBEAT_INTERVAL
 #: Seconds a presence read waits for Redis before answering with this process's entries.
 PRESENCE_TIMEOUT = 1.0
+#: Seconds a Redis command (or connecting) may take before Redis is taken for unreachable.
+COMMAND_TIMEOUT = 2.0
+# The longest wait between two attempts to reach Redis again (from 0.1 s, doubling).
+_BACKOFF_CAP = 1.0
 # Seconds a publication to a room this process just subscribed to waits for the reader to
 # find where that room's stream stands (one round trip to Redis, after its blocking read).
 _READY_WAIT = 1.0
@@ -562,6 +569,19 @@ class Numbered:
             last[room] = (epoch, offset)
 
 
+def _check_times(
+    heartbeat: float, presence_ttl: float, replicas: int, replica_timeout: float, timeout: float
+) -> None:
+    if not 0 < heartbeat < presence_ttl:
+        raise ValueError(
+            f"heartbeat ({heartbeat} s) must be shorter than presence_ttl ({presence_ttl} s)"
+        )
+    if replicas < 0 or replica_timeout <= 0:
+        raise ConfigError("replicas must be 0 or more, replica_timeout more than 0 s")
+    if not timeout > 0.1:
+        raise ConfigError(f"timeout {timeout} s: it must exceed the reads' 0.1 s block")
+
+
 class RedisBroker(Broker):
     """A :class:`~tornws.broker.Broker` on Redis; see the module docstring.
 
@@ -586,6 +606,9 @@ class RedisBroker(Broker):
             failover cannot lose what was confirmed; else it fails with
             :class:`~tornws.exceptions.NotReplicatedError` (it was published).
         replica_timeout: seconds that wait lasts at most.
+        timeout: seconds a Redis command (or connecting) may take before Redis is taken
+            for unreachable (:data:`COMMAND_TIMEOUT`): a frozen Redis, or one behind a
+            partition, then stops nothing but the rooms' crossing between processes.
 
     Presence: :meth:`presence` and :meth:`presence_count` read Redis
     (:meth:`presence_now` is ``None``: await them). :meth:`presence_count` is one
@@ -607,21 +630,18 @@ class RedisBroker(Broker):
         presence_timeout: float = PRESENCE_TIMEOUT,
         replicas: int = 0,
         replica_timeout: float = 1.0,
+        timeout: float = COMMAND_TIMEOUT,
     ) -> None:
         super().__init__()
         check_url(url, "RedisBroker")
-        if replicas < 0 or replica_timeout <= 0:
-            raise ConfigError("replicas must be 0 or more, replica_timeout more than 0 s")
+        _check_times(heartbeat, presence_ttl, replicas, replica_timeout, timeout)
+        self.timeout = timeout
         self.replicas = replicas
         self.replica_timeout = replica_timeout
         self.url = url
         self.prefix = prefix
         self.history = history
         self.history_age = history_age
-        if not 0 < heartbeat < presence_ttl:
-            raise ValueError(
-                f"heartbeat ({heartbeat} s) must be shorter than presence_ttl ({presence_ttl} s)"
-            )
         self.presence_ttl = presence_ttl
         self.heartbeat = heartbeat
         self.presence_timeout = presence_timeout
@@ -659,8 +679,10 @@ class RedisBroker(Broker):
         self._up = False
         self._closed = False
         self._errors: tuple[type[BaseException], ...] = (OSError,)
+        self._timeouts: tuple[type[BaseException], ...] = (asyncio.TimeoutError,)
         self._read_errors: tuple[type[BaseException], ...] = (asyncio.TimeoutError, OSError)
         self._backoff = 0.1
+        self._outage: BaseException | None = None  # why Redis is known unreachable
         self._registered = False  # a heartbeat went through since start
         self._resync = False  # Redis may not have this process's entries: write them all
         self._goodbye: asyncio.Future[list[Any]] | None = None  # close(): remove them all
@@ -686,13 +708,24 @@ class RedisBroker(Broker):
 
         self._errors = (redis.exceptions.RedisError, OSError)
         self._read_errors = (asyncio.TimeoutError, *self._errors)
-        # A pooled connection that Redis closed (a restart) fails once: retry on a new one.
-        retry = redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.02), 2)
+        self._timeouts = (asyncio.TimeoutError, redis.exceptions.TimeoutError)
+        # A pooled connection that Redis closed (a restart) fails once: retry on a new one
+        # (not after a timeout: a Redis that does not answer is down for now).
+        retry = redis.asyncio.retry.Retry(
+            redis.backoff.ExponentialBackoff(cap=0.5, base=0.02),
+            2,
+            supported_errors=(redis.exceptions.ConnectionError,),
+        )
         # A burst of commands (hundreds of subscribes asking their channel's position at
         # once) opens that many connections: redis-py's pool raises "Too many connections"
         # past its limit (100 by default), which answered them "unavailable".
         self._redis = connect(
-            self.url, decode_responses=True, retry=retry, max_connections=MAX_CONNECTIONS
+            self.url,
+            decode_responses=True,
+            retry=retry,
+            max_connections=MAX_CONNECTIONS,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
         )
         self._script = self._redis.register_script(_PUBLISH)
         self._position_script = self._redis.register_script(_POSITION)
@@ -881,6 +914,9 @@ class RedisBroker(Broker):
             if not (batch or self._resync or goodbye):
                 continue
             try:
+                if self._outage is not None:  # known down: at once, until the reader is back
+                    self._unreachable(batch, self._outage)
+                    continue
                 if self._pending:  # a room subscribed here and not read yet: read it first
                     await self._await_readers(batch)
                 await self._send(batch, maxlen, ttl)
@@ -918,11 +954,18 @@ class RedisBroker(Broker):
                 await self._pipeline(batch, maxlen, ttl)
                 break
             except self._errors as exc:
-                if attempt == 2:
-                    self._local(batch, exc)
-                    goodbye = self._goodbye
-                    if goodbye is not None and not goodbye.done():
-                        goodbye.set_exception(BrokerUnavailableError(f"redis unreachable: {exc}"))
+                if attempt == 2 or isinstance(exc, self._timeouts):  # (no answer: no retry)
+                    self._down(exc)
+                    self._unreachable(batch, exc)
+                    break
+
+    def _unreachable(self, batch: list[tuple[str, object, bool, Any]], exc: BaseException) -> None:
+        """``batch`` could not reach Redis: its messages go to this process's members
+        only, its numbered ones and the goodbye fail."""
+        self._local(batch, exc)
+        goodbye = self._goodbye
+        if goodbye is not None and not goodbye.done():
+            goodbye.set_exception(BrokerUnavailableError(f"redis unreachable: {exc}"))
 
     async def _pipeline(
         self, batch: list[tuple[str, object, bool, Any]], maxlen: str, ttl: str
@@ -1040,7 +1083,6 @@ class RedisBroker(Broker):
         messages = [item for item in batch if type(item[1]) is not _PresenceOp]
         if len(messages) < len(batch):
             self._resync = True  # written again once Redis is back
-        self._down()
         if not messages:
             return
         self.failures += len(messages)
@@ -1212,11 +1254,14 @@ class RedisBroker(Broker):
             except self._errors as exc:  # retry with backoff
                 if self._up:
                     log.warning("redis connection lost (%s); retrying", exc)
-                self._down()
+                self._down(exc)
                 await asyncio.sleep(self._backoff)
-                self._backoff = min(self._backoff * 2, 5.0)
+                self._backoff = min(self._backoff * 2, _BACKOFF_CAP)
 
-    def _down(self) -> None:
+    def _down(self, exc: BaseException) -> None:
+        """Redis did not answer: until the reader reaches it again, publications go to
+        this process's members only, at once."""
+        self._outage = exc
         if self._up:
             self._up = False
             self.outages += 1
@@ -1230,6 +1275,7 @@ class RedisBroker(Broker):
         redis = self._redis
         await redis.ping()
         self._backoff = 0.1
+        self._outage = None
         if not self._up:
             log.info("redis connected: %s (%s)", redacted(self.url), _where(redis))
             self._up = True
