@@ -2,8 +2,10 @@
 
 Everything runs for real on 127.0.0.1 with free ports: redis-server (append-only
 file, fsync always), ``tornws serve --broker`` twice, and nginx with
-``docs/deploy/nginx.conf`` (only its ports and paths rewritten). Skips without
-nginx or redis-server, except under ``TORNWS_TEST_REQUIRE_ALL=1`` (CI).
+``docs/deploy/nginx.conf`` (only its ports and paths rewritten); and its Sentinel
+variant (docs/deploy/sentinel.md): a master, its replica and three Sentinels instead of
+the one redis-server. Skips without nginx or redis-server, except under
+``TORNWS_TEST_REQUIRE_ALL=1`` (CI).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import websockets.asyncio.client
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from conftest import ROOT, Server, free_port, wait_for_port
+from services import Sentinels
 
 pytest.importorskip("redis", reason="pip install 'tornws[redis]'")
 
@@ -36,7 +39,9 @@ API_KEY = "the deployment's api key, long enough"
 
 
 class Deployment:
-    def __init__(self, folder: Path) -> None:
+    """nginx, two tornws processes, and their Redis: one server, or ``sentinels``'s."""
+
+    def __init__(self, folder: Path, sentinels: Sentinels | None = None) -> None:
         assert NGINX and REDIS
         self.folder = folder
         self.redis_port, self.ports, self.port = (
@@ -45,8 +50,11 @@ class Deployment:
             free_port(),
         )
         self.redis: subprocess.Popen[bytes] | None = None
-        self.start_redis()
-        broker = f"redis://127.0.0.1:{self.redis_port}/0"
+        if sentinels is None:
+            self.start_redis()
+            broker = f"redis://127.0.0.1:{self.redis_port}/0"
+        else:
+            broker = sentinels.url
         self.backends = [
             Server(
                 [*SERVE, "--port", str(p), "--xheaders", "--broker", broker],
@@ -108,6 +116,18 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     running = Deployment(tmp_path)
     yield running
     running.close()
+
+
+@pytest.fixture
+def on_sentinels(tmp_path: Path) -> Iterator[tuple[Deployment, Sentinels]]:
+    """The Sentinel variant: the backends' --broker is redis+sentinel://."""
+    if NGINX is None or REDIS is None:
+        pytest.skip("needs nginx and redis-server (apt-get install nginx redis-server)")
+    sentinels = Sentinels()
+    running = Deployment(tmp_path, sentinels)
+    yield running, sentinels
+    running.close()
+    sentinels.stop()
 
 
 class Member:
@@ -292,3 +312,50 @@ async def test_a_publication_through_nginx_reaches_clients_on_both_backends(
     assert unauthorized.code == 401
     for backend in deployment.backends:
         assert API_KEY not in backend.output
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_behind_sentinel_the_rooms_outlive_the_master(
+    on_sentinels: tuple[Deployment, Sentinels],
+) -> None:
+    """kill -9 of the Redis master while a stream goes on through nginx: the Sentinels
+    promote the replica, both backends carry on with it, and every client ends with the
+    same numbered messages in the same order, none repeated."""
+    deployment, sentinels = on_sentinels
+    members = [Member(deployment.url, "ha", f"m{i}") for i in range(6)]
+    for member in members:
+        await member.start()
+    assert all(count >= 1 for count in on_backend(deployment, "ha")), on_backend(deployment, "ha")
+    writer = members[0]
+    started = time.monotonic()
+    for n in range(80):
+        if n == 20:
+            sentinels.master.kill()
+        await writer.say(f"n{n}")
+        await asyncio.sleep(0.05)
+    # (During the failover a line reaches the writer's backend only, with id 0.) Probe
+    # until one crosses to every member again.
+    probe = 0
+    while True:
+        assert time.monotonic() - started < 60, [m.texts[-3:] for m in members]
+        await writer.say(f"probe {probe}")
+        await asyncio.sleep(0.3)
+        if all(f"probe {probe}" in m.texts for m in members):
+            break
+        probe += 1
+    assert sentinels.master_port() == sentinels.replica.port
+    for member in members:
+        numbered = [(i, t) for i, t in zip(member.ids, member.texts) if i]
+        reference = [(i, t) for i, t in zip(writer.ids, writer.texts) if i]
+        assert numbered == reference, member.nick  # same numbered messages, same order
+        assert [i for i, _ in numbered] == sorted({i for i, _ in numbered})  # none repeated
+        assert f"probe {probe}" in member.texts
+    numbered_texts = [t for i, t in zip(writer.ids, writer.texts) if i]
+    assert "n0" in numbered_texts and "n19" in numbered_texts  # before the kill: all numbered
+    for member in members:
+        await member.stop()
+    replica = f"(127.0.0.1:{sentinels.replica.port})"
+    for code, log in deployment.close():
+        assert code == 0, log
+        assert "Traceback" not in log
+        assert f"redis connected: {sentinels.url} {replica}" in log, log
