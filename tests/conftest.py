@@ -114,19 +114,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, process: subprocess.Popen[Any], timeout: float = 15.0) -> None:
-    """Return once 127.0.0.1:port accepts connections; fail if ``process`` exits first."""
+def wait_for_port(
+    port: int, process: subprocess.Popen[Any], timeout: float = 15.0, host: str = "127.0.0.1"
+) -> None:
+    """Return once host:port accepts connections; fail if ``process`` exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             out = process.stdout.read() if process.stdout else ""
             raise AssertionError(f"server exited with {process.returncode}:\n{out}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            with socket.create_connection((host, port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+    raise AssertionError(f"nothing listens on {host}:{port} after {timeout}s")
 
 
 class Server:
@@ -136,9 +138,15 @@ class Server:
     server's logging, and so the server), and returned by :meth:`stop`.
     """
 
-    def __init__(self, args: list[str], port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        port: int,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.port = port
-        self.url = f"ws://127.0.0.1:{port}"
+        self.url = f"ws://{host}:{port}"
         self.process = subprocess.Popen(
             args,
             stdout=subprocess.PIPE,
@@ -151,7 +159,7 @@ class Server:
         self._output: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         try:
-            wait_for_port(port, self.process)
+            wait_for_port(port, self.process, host=host)
         finally:
             self._reader.start()
 

@@ -249,18 +249,26 @@ async def test_a_redis_that_stops_answering_does_not_stop_each_process_serving_i
         await client.close()
 
 
-async def first_to_cross(sender: Any, receiver: Any, timeout: float = 30.0) -> dict[str, Any]:
+async def first_to_cross(
+    sender: Any, receiver: Any, timeout: float = 30.0, seen: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Send probes from ``sender`` until one reaches ``receiver`` (on another process,
-    once both reach Redis again); that message."""
+    once both reach Redis again); that message. ``seen`` gets every event received."""
     deadline = time.monotonic() + timeout
     probe = 0
     while time.monotonic() < deadline:
         text = f"probe {probe}"
         await sender.send(say(text))
+        probe += 1
         try:
-            return (await until(receiver, lambda e, text=text: e.get("text") == text, 0.5))[-1]
+            while True:
+                event = json.loads(await asyncio.wait_for(receiver.recv(), 0.5))
+                if seen is not None:
+                    seen.append(event)
+                if event.get("text") == text:
+                    return event
         except asyncio.TimeoutError:
-            probe += 1
+            pass
     raise AssertionError("no line crossed the processes")
 
 

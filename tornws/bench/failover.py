@@ -37,11 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 from statistics import median
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..exceptions import BrokerUnavailableError, ConfigError, NotReplicatedError
 
-__all__ = ["RedisProcess", "Replicated", "failover", "lines", "measure"]
+__all__ = ["LOCAL", "Host", "RedisProcess", "Replicated", "failover", "lines", "measure"]
 
 
 def _free_port() -> int:
@@ -57,16 +57,41 @@ def _redis_server() -> str:
     return binary
 
 
+class Host(NamedTuple):
+    """Where a server runs: the addresses it listens on (the first is the one the others
+    are given), the address this process reaches it at, and the command prefix that runs
+    a program there (``ip netns exec NAME``, say). :data:`LOCAL`: 127.0.0.1 itself."""
+
+    addresses: tuple[str, ...] = ("127.0.0.1",)
+    reach: str = "127.0.0.1"
+    prefix: tuple[str, ...] = ()
+
+    @property
+    def address(self) -> str:
+        return self.addresses[0]
+
+
+LOCAL = Host()
+
+
+def _open_to(host: Host) -> tuple[str, ...]:
+    """Off a loopback address, without a password: Redis's protected mode off (the
+    hosts of a test network)."""
+    return () if host == LOCAL else ("--protected-mode", "no")
+
+
 class RedisProcess:
-    """``redis-server`` on 127.0.0.1 (a free port unless given), without persistence,
+    """``redis-server`` on ``host`` (a free port unless given), without persistence,
     with ``extra`` arguments; its files in ``directory``."""
 
-    def __init__(self, *extra: str, directory: str, port: int = 0) -> None:
+    def __init__(self, *extra: str, directory: str, port: int = 0, host: Host = LOCAL) -> None:
+        self.host = host
         self.port = port or _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.url = f"redis://{host.address}:{self.port}/0"
         self.args = [
-            _redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", directory, *extra,
+            *host.prefix, _redis_server(), "--port", str(self.port),
+            "--bind", " ".join(host.addresses), "--save", "", "--appendonly", "no",
+            "--dir", directory, *_open_to(host), *extra,
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
@@ -75,7 +100,7 @@ class RedisProcess:
         self.process = subprocess.Popen(
             self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        _wait_listening(self.port, self.process)
+        _wait_listening(self.port, self.process, self.host.reach)
 
     def kill(self) -> None:
         """``kill -9``: no goodbye to anyone."""
@@ -89,61 +114,71 @@ class RedisProcess:
             self.process.wait(10)
 
 
-def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+def _wait_listening(
+    port: int, process: subprocess.Popen[bytes], host: str = "127.0.0.1", timeout: float = 15.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"redis-server on port {port} exited with {process.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            with socket.create_connection((host, port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout} s")
 
 
 class Replicated:
     """A master, its replica and three Sentinels monitoring them as ``service``, on
     127.0.0.1; the master is taken for down after ``down_after_ms`` without an answer
     (a quorum of 2), and a failover promotes the replica. ``url`` is the Sentinels'
-    ``redis+sentinel://`` URL. Blocking calls: run them in a thread from a loop."""
+    ``redis+sentinel://`` URL. All of them on ``host``. Blocking calls: run them in a
+    thread from a loop."""
 
-    def __init__(self, service: str = "tornws", down_after_ms: int = 1000) -> None:
+    def __init__(
+        self, service: str = "tornws", down_after_ms: int = 1000, host: Host = LOCAL
+    ) -> None:
         self.service = service
+        self.host = host
         self._dir = tempfile.TemporaryDirectory(prefix="tornws-sentinel-")
         where = self._dir.name
         # (No 5 s wait before the first sync: a replica that has not synced yet would have
         # nothing to give when promoted.)
-        self.master = RedisProcess("--repl-diskless-sync-delay", "0", directory=where)
+        sync = ("--repl-diskless-sync-delay", "0")
+        self.master = RedisProcess(*sync, directory=where, host=host)
         # (The replica writes what it receives to dump.rdb in its directory.)
-        replicaof = ("--replicaof", "127.0.0.1", str(self.master.port))
-        self.replica = RedisProcess(*replicaof, directory=where)
+        replicaof = ("--replicaof", host.address, str(self.master.port))
+        self.replica = RedisProcess(*replicaof, directory=where, host=host)
         self.ports = [_free_port() for _ in range(3)]
         self.processes: list[subprocess.Popen[bytes]] = []
         for port in self.ports:
             config = Path(where, f"sentinel-{port}.conf")
             config.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {where}\n"
-                f"sentinel monitor {service} 127.0.0.1 {self.master.port} 2\n"
+                f"port {port}\nbind {' '.join(host.addresses)}\ndir {where}\n"
+                f"protected-mode {'yes' if host == LOCAL else 'no'}\n"
+                f"sentinel monitor {service} {host.address} {self.master.port} 2\n"
                 f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
                 f"sentinel failover-timeout {service} 10000\n"
                 f"sentinel parallel-syncs {service} 1\n"
             )
             process = subprocess.Popen(
-                [_redis_server(), str(config), "--sentinel"],
+                [*host.prefix, _redis_server(), str(config), "--sentinel"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
             self.processes.append(process)
-            _wait_listening(port, process)
-        hosts = ",".join(f"127.0.0.1:{port}" for port in self.ports)
+            _wait_listening(port, process, host.reach)
+        hosts = ",".join(f"{host.address}:{port}" for port in self.ports)
         self.url = f"redis+sentinel://{hosts}/0/{service}"
         self.wait_until_watched()
 
     def _client(self, port: int) -> Any:
         import redis
 
-        return redis.Redis(port=port, socket_timeout=1.0, decode_responses=True)
+        return redis.Redis(
+            host=self.host.reach, port=port, socket_timeout=1.0, decode_responses=True
+        )
 
     def master_port(self) -> int | None:
         """The master's port as the Sentinels say (the majority), or ``None``."""
