@@ -1,5 +1,5 @@
-"""tornws on separate network hosts (tests/netns.py): Redis master, replica and three
-Sentinels on one host, two tornws hosts, the clients on a third (this process's).
+"""tornws on separate network hosts (tests/netns.py): the Redis master, its replica and
+three Sentinels on a host each, two tornws hosts, the clients on another (this process's).
 
 Needs root (network namespaces, veth, bridges), iproute2, redis-server and redis-py;
 skips with the reason without them, except under ``TORNWS_TEST_REQUIRE_ALL=1`` (CI).
@@ -44,7 +44,8 @@ def hosts() -> Iterator[Topology]:
     servers: list[Server] = []
     redis = None
     try:
-        redis = Sentinels(host=network.host("r", front=True, back=True))
+        master, replica, watchers = (network.host(n, front=True, back=True) for n in "mrs")
+        redis = Sentinels(hosts=(master, replica, watchers))  # a host each
         for name in ("a", "b"):
             host = network.host(name, front=True, back=True)
             command = [*host.prefix, sys.executable, "-m", "tornws", "serve"]

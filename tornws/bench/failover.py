@@ -133,23 +133,33 @@ class Replicated:
     """A master, its replica and three Sentinels monitoring them as ``service``, on
     127.0.0.1; the master is taken for down after ``down_after_ms`` without an answer
     (a quorum of 2), and a failover promotes the replica. ``url`` is the Sentinels'
-    ``redis+sentinel://`` URL. All of them on ``host``. Blocking calls: run them in a
-    thread from a loop."""
+    ``redis+sentinel://`` URL. The master, the replica and the Sentinels run on
+    ``hosts`` (each on ``host`` if not given). Blocking calls: run them in a thread from
+    a loop."""
 
     def __init__(
-        self, service: str = "tornws", down_after_ms: int = 1000, host: Host = LOCAL
+        self,
+        service: str = "tornws",
+        down_after_ms: int = 1000,
+        host: Host = LOCAL,
+        hosts: tuple[Host, Host, Host] | None = None,
     ) -> None:
         self.service = service
+        master_host, replica_host, host = hosts or (host, host, host)
         self.host = host
         self._dir = tempfile.TemporaryDirectory(prefix="tornws-sentinel-")
         where = self._dir.name
         # (No 5 s wait before the first sync: a replica that has not synced yet would have
         # nothing to give when promoted.)
         sync = ("--repl-diskless-sync-delay", "0")
-        self.master = RedisProcess(*sync, directory=where, host=host)
-        # (The replica writes what it receives to dump.rdb in its directory.)
-        replicaof = ("--replicaof", host.address, str(self.master.port))
-        self.replica = RedisProcess(*replicaof, directory=where, host=host)
+        self.master = RedisProcess(*sync, directory=where, host=master_host)
+        # (The replica writes what it receives to dump.rdb in its directory. Its own port:
+        # the Sentinels' answer tells them apart by it.)
+        port = _free_port()
+        while port == self.master.port:
+            port = _free_port()
+        replicaof = ("--replicaof", master_host.address, str(self.master.port))
+        self.replica = RedisProcess(*replicaof, directory=where, port=port, host=replica_host)
         self.ports = [_free_port() for _ in range(3)]
         self.processes: list[subprocess.Popen[bytes]] = []
         for port in self.ports:
@@ -157,7 +167,7 @@ class Replicated:
             config.write_text(
                 f"port {port}\nbind {' '.join(host.addresses)}\ndir {where}\n"
                 f"protected-mode {'yes' if host == LOCAL else 'no'}\n"
-                f"sentinel monitor {service} {host.address} {self.master.port} 2\n"
+                f"sentinel monitor {service} {master_host.address} {self.master.port} 2\n"
                 f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
                 f"sentinel failover-timeout {service} 10000\n"
                 f"sentinel parallel-syncs {service} 1\n"
@@ -169,16 +179,20 @@ class Replicated:
             )
             self.processes.append(process)
             _wait_listening(port, process, host.reach)
-        hosts = ",".join(f"{host.address}:{port}" for port in self.ports)
-        self.url = f"redis+sentinel://{hosts}/0/{service}"
+        sentinels = ",".join(f"{host.address}:{port}" for port in self.ports)
+        self.url = f"redis+sentinel://{sentinels}/0/{service}"
         self.wait_until_watched()
 
-    def _client(self, port: int) -> Any:
+    def _client(self, port: int, host: Host | None = None) -> Any:
+        """A client of a Sentinel (``port``), or of ``host``'s server there."""
         import redis
 
-        return redis.Redis(
-            host=self.host.reach, port=port, socket_timeout=1.0, decode_responses=True
-        )
+        reach = (host or self.host).reach
+        return redis.Redis(host=reach, port=port, socket_timeout=1.0, decode_responses=True)
+
+    def client(self, server: RedisProcess) -> Any:
+        """A client of the master or the replica (close it)."""
+        return self._client(server.port, server.host)
 
     def master_port(self) -> int | None:
         """The master's port as the Sentinels say (the majority), or ``None``."""
@@ -204,7 +218,7 @@ class Replicated:
         import redis
 
         deadline = time.monotonic() + timeout
-        replica = self._client(self.replica.port)
+        replica = self.client(self.replica)
         try:
             while replica.info("replication")["master_link_status"] != "up":
                 if time.monotonic() > deadline:
@@ -233,7 +247,7 @@ class Replicated:
         """The replica stops receiving the master's writes (it can no longer log in to
         the master: a wrong ``masterauth``), as behind a broken link; it stays eligible
         for promotion."""
-        replica, master = self._client(self.replica.port), self._client(self.master.port)
+        replica, master = self.client(self.replica), self.client(self.master)
         try:
             replica.config_set("masterauth", "not-the-password")
             master.client_kill_filter(_type="replica")
@@ -284,7 +298,7 @@ async def measure(*, wait: bool, lagging: bool, seconds: float = 1.0) -> dict[st
         killed = time.monotonic()
         group.master.kill()
         promoted = await asyncio.to_thread(group.wait_promoted, killed)
-        new = group._client(group.replica.port)  # what it had of the numbering
+        new = group.client(group.replica)  # what it had of the numbering
         try:
             room = publication("ha", None)[0]
             epoch, counter = new.mget([f"tornws:room:{room}:{kind}" for kind in ("epoch", "n")])
