@@ -568,6 +568,41 @@ async def test_offsets_numbered_again_are_never_delivered_as_what_follows(
         await broker.close()
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_publishing_that_timed_out_resumes_once_redis_answers(redis: Redis) -> None:
+    """Redis pauses writes only (CLIENT PAUSE WRITE): the publisher times out and goes
+    local while the reader still reads; once writes are accepted again, publications are
+    numbered again (the reader, not failing itself, finds out that Redis answers)."""
+    import redis as redis_py
+
+    from tornws.broker import Envelope
+    from tornws.redis_broker import RedisBroker
+
+    seen: list[Envelope] = []
+    broker = RedisBroker(redis.url, timeout=0.5)
+    broker.attach(seen.append)
+    await broker.start()
+    raw = redis_py.Redis(port=redis.port)
+    try:
+        broker.subscribe("r")
+        ready = broker.ready("r")
+        if ready is not None:
+            await ready
+        raw.client_pause(1500, all=False)  # (writes only)
+        broker.publish("r", Message("paused"))
+        for _ in range(300):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        assert [(e.offset, e.payload) for e in seen] == [(0, Message("paused"))]  # local
+        await asyncio.sleep(1.5)  # writes accepted again
+        _, offset = await broker.publish_numbered("r", Message("numbered again"))
+        assert offset >= 1 and broker.up
+    finally:
+        raw.close()
+        await broker.close()
+
+
 class Live:
     """A /live client that keeps the pushes arriving while it waits for a reply."""
 

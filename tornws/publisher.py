@@ -37,6 +37,7 @@ from .redis_broker import (
     PUBLISH_SCRIPT,
     Numbered,
     check_url,
+    check_wait,
     connect,
     disconnect,
     publish_call,
@@ -72,8 +73,6 @@ class _Base:
         replica_timeout: float,
     ) -> None:
         check_url(url, "a Publisher's url")
-        if replicas < 0 or replica_timeout <= 0:
-            raise ConfigError("replicas must be 0 or more, replica_timeout more than 0 s")
         self.url = url
         self.replicas = replicas
         self._wait = ("WAIT", replicas, max(1, int(replica_timeout * 1000)))
@@ -132,6 +131,7 @@ class Publisher(_Base):
         replicas: int = 0,
         replica_timeout: float = 1.0,
     ) -> None:
+        check_wait(replicas, replica_timeout, timeout)
         super().__init__(
             url, prefix, history, history_age, replicas=replicas, replica_timeout=replica_timeout
         )
@@ -207,6 +207,7 @@ class AsyncPublisher(_Base):
         replicas: int = 0,
         replica_timeout: float = 1.0,
     ) -> None:
+        check_wait(replicas, replica_timeout, timeout)
         super().__init__(
             url, prefix, history, history_age, replicas=replicas, replica_timeout=replica_timeout
         )

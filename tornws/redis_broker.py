@@ -89,6 +89,7 @@ __all__ = [
     "RedisBroker",
     "SentinelURL",
     "check_url",
+    "check_wait",
     "connect",
     "decode_payload",
     "disconnect",
@@ -576,10 +577,21 @@ def _check_times(
         raise ValueError(
             f"heartbeat ({heartbeat} s) must be shorter than presence_ttl ({presence_ttl} s)"
         )
-    if replicas < 0 or replica_timeout <= 0:
-        raise ConfigError("replicas must be 0 or more, replica_timeout more than 0 s")
     if not timeout > 0.1:
         raise ConfigError(f"timeout {timeout} s: it must exceed the reads' 0.1 s block")
+    check_wait(replicas, replica_timeout, timeout)
+
+
+def check_wait(replicas: int, replica_timeout: float, timeout: float) -> None:
+    """Raise :class:`~tornws.exceptions.ConfigError` unless waiting for ``replicas``
+    replicas for at most ``replica_timeout`` seconds fits in a command's ``timeout``."""
+    if replicas < 0 or replica_timeout <= 0:
+        raise ConfigError("replicas must be 0 or more, replica_timeout more than 0 s")
+    if replicas and replica_timeout >= timeout:
+        raise ConfigError(
+            f"replica_timeout ({replica_timeout} s) must be shorter than timeout ({timeout} s): "
+            "the wait for the replicas is a Redis command"
+        )
 
 
 class RedisBroker(Broker):
@@ -1262,9 +1274,13 @@ class RedisBroker(Broker):
         """Redis did not answer: until the reader reaches it again, publications go to
         this process's members only, at once."""
         self._outage = exc
+        self._wake_reader.set()  # (the reader finds out when it answers again)
         if self._up:
             self._up = False
             self.outages += 1
+
+    def _known_down(self) -> bool:
+        return self._outage is not None
 
     @property
     def up(self) -> bool:
@@ -1281,21 +1297,18 @@ class RedisBroker(Broker):
             self._up = True
         await self._check_rooms()
         while True:
-            for room in list(self._pending):
-                last = await redis.xrevrange(self._key(room, "stream"), count=1)
-                epoch = await redis.get(self._key(room, "epoch"))
-                future = self._pending.pop(room, None)
-                if future is None:
-                    continue  # unsubscribed meanwhile
-                self._positions[room] = last[0][0] if last else "0-0"
-                same = last and last[0][1]["e"] == epoch
-                self._offsets[room] = int(last[0][1]["o"]) if same else 0
-                self._epochs[room] = epoch or ""
-                if not future.done():
-                    future.set_result(None)
+            if self._known_down():  # the publisher failed since: does Redis answer?
+                await redis.ping()
+                self._outage = None
+                if not self._up:
+                    self._up = True
+                    log.info("redis answers again: %s (%s)", redacted(self.url), _where(redis))
+            if self._pending:
+                await self._position_pending(redis)
             if not self._positions:
                 self._wake_reader.clear()
-                await self._wake_reader.wait()
+                if not self._known_down():
+                    await self._wake_reader.wait()
                 continue
             streams = {self._key(room, "stream"): pos for room, pos in self._positions.items()}
             answer = await redis.xread(streams, count=1000, block=100)
@@ -1326,6 +1339,21 @@ class RedisBroker(Broker):
                     envelope = Envelope(room, offset, decode_payload(fields["p"]), fields["e"])
                     assert self._deliver is not None
                     self._deliver(envelope)
+
+    async def _position_pending(self, redis: Any) -> None:
+        """Find where the stream of each room subscribed to stands: read after that."""
+        for room in list(self._pending):
+            last = await redis.xrevrange(self._key(room, "stream"), count=1)
+            epoch = await redis.get(self._key(room, "epoch"))
+            future = self._pending.pop(room, None)
+            if future is None:
+                continue  # unsubscribed meanwhile
+            self._positions[room] = last[0][0] if last else "0-0"
+            same = last and last[0][1]["e"] == epoch
+            self._offsets[room] = int(last[0][1]["o"]) if same else 0
+            self._epochs[room] = epoch or ""
+            if not future.done():
+                future.set_result(None)
 
     async def _check_rooms(self) -> None:
         """(Re)start every room where it was, back on Redis; a room whose epoch changed
