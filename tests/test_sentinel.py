@@ -139,6 +139,11 @@ async def test_after_a_failover_every_process_carries_on_with_the_new_master(
     ids = [e["id"] for e in after if e["text"].startswith("after")]
     assert ids == list(range(ids[0], ids[0] + 5)) and ids[0] > first["id"]
 
+    # Presence spans both processes on the new master.
+    await ann.send(json.dumps({"type": "presence"}))
+    listed = (await until(ann, lambda e: e["type"] == "presence"))[-1]
+    assert listed["members"] == ["ann", "bob"]
+
     # A publisher elsewhere reaches both processes through the Sentinels.
     with Publisher(sentinels.url) as publisher:
         position = await loop.run_in_executor(None, publisher.say, "ha", "from a script")
