@@ -40,8 +40,10 @@ def unavailable() -> str | None:
     try:
         _ip("link", "add", f"{name}v", "type", "veth", "peer", "name", f"{name}w")
         _ip("link", "del", f"{name}v")
+        _ip("link", "add", f"{name}b", "type", "bridge")
+        _ip("link", "del", f"{name}b")
     except OSError as exc:
-        return f"cannot make a veth pair: {exc}"
+        return f"cannot make a veth pair and a bridge: {exc}"
     finally:
         _ip("netns", "del", name)
     return None
