@@ -603,6 +603,52 @@ async def test_publishing_that_timed_out_resumes_once_redis_answers(redis: Redis
         await broker.close()
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_a_stream_an_earlier_tornws_wrote_is_read_on(redis: Redis) -> None:
+    """Entries whose id was ``<offset>-1`` (time in field ``t``, no field ``o``): read,
+    numbered on, resumed across; an entry tornws did not write is skipped."""
+    import redis as redis_py
+
+    from tornws.broker import Envelope
+    from tornws.redis_broker import RedisBroker
+
+    raw = redis_py.Redis(port=redis.port, decode_responses=True)
+    millis = str(int(time.time() * 1000))
+    for offset in (1, 2):
+        fields = {"e": "0ld", "p": encode_payload(Message(f"old {offset}")), "t": millis}
+        raw.xadd("tornws:room:r:stream", {**fields, "k": "1"}, id=f"{offset}-1")
+    raw.set("tornws:room:r:epoch", "0ld")
+    raw.set("tornws:room:r:n", 2)
+    seen: list[Envelope] = []
+    broker = RedisBroker(redis.url)
+    broker.attach(seen.append)
+    await broker.start()
+    try:
+        broker.subscribe("r")
+        ready = broker.ready("r")
+        if ready is not None:
+            await ready
+        raw.xadd("tornws:room:r:stream", {"not": "tornws's"})  # skipped (and logged)
+        assert await broker.publish_numbered("r", Message("new")) == ("0ld", 3)
+        for _ in range(300):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        assert [(e.epoch, e.offset) for e in seen] == [("0ld", 3)]
+        replay = await broker.recover("r", "0ld", 2)
+        assert [(e.offset, e.payload) for e in replay or []] == [(3, Message("new"))]
+        stranger = [i for i, f in raw.xrange("tornws:room:r:stream") if "not" in f]
+        raw.xdel("tornws:room:r:stream", *stranger)  # (without it, the range is whole)
+        replay = await broker.recover("r", "0ld", 1)
+        assert [(e.offset, e.payload) for e in replay or []] == [
+            (2, Message("old 2")),
+            (3, Message("new")),
+        ]
+    finally:
+        raw.close()
+        await broker.close()
+
+
 class Live:
     """A /live client that keeps the pushes arriving while it waits for a reply."""
 

@@ -570,6 +570,13 @@ class Numbered:
             last[room] = (epoch, offset)
 
 
+def _offset(entry_id: str, fields: dict[str, str]) -> int:
+    """A stream entry's offset: its field ``o``; in an entry an earlier tornws wrote, the
+    first part of its id (``<offset>-1``, the time in field ``t``)."""
+    offset = fields.get("o")
+    return int(offset if offset is not None else entry_id.split("-", 1)[0])
+
+
 def _check_times(
     heartbeat: float, presence_ttl: float, replicas: int, replica_timeout: float, timeout: float
 ) -> None:
@@ -1267,8 +1274,11 @@ class RedisBroker(Broker):
                 if self._up:
                     log.warning("redis connection lost (%s); retrying", exc)
                 self._down(exc)
-                await asyncio.sleep(self._backoff)
-                self._backoff = min(self._backoff * 2, _BACKOFF_CAP)
+            except Exception as exc:  # not Redis's: a bug; the reader must not die of it
+                log.exception("reading redis failed; retrying")
+                self._down(exc)
+            await asyncio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, _BACKOFF_CAP)
 
     def _down(self, exc: BaseException) -> None:
         """Redis did not answer: until the reader reaches it again, publications go to
@@ -1317,14 +1327,22 @@ class RedisBroker(Broker):
                 for entry_id, fields in entries:
                     if room not in self._positions:
                         break
-                    offset = int(fields["o"])
+                    try:
+                        offset, epoch = _offset(entry_id, fields), fields["e"]
+                        payload = decode_payload(fields["p"])
+                    except (KeyError, ValueError, TypeError) as exc:
+                        log.warning(
+                            "room %r: entry %s is not tornws's (%r); skipped", room, entry_id, exc
+                        )
+                        self._positions[room] = entry_id
+                        continue
                     previous = self._offsets[room]
-                    same = fields["e"] == self._epochs[room]
+                    same = epoch == self._epochs[room]
                     if (same and offset <= previous) or (
-                        self._spoiled and self._spoiled.get(room) == fields["e"]
+                        self._spoiled and self._spoiled.get(room) == epoch
                     ):
                         self._positions[room] = entry_id  # (not delivered: see _renumbered)
-                        await self._renumbered(room, fields["e"], previous)
+                        await self._renumbered(room, epoch, previous)
                         continue
                     if previous and offset > previous + 1 and same:
                         self.skipped += offset - previous - 1
@@ -1335,10 +1353,9 @@ class RedisBroker(Broker):
                         )
                     self._positions[room] = entry_id
                     self._offsets[room] = offset
-                    self._epochs[room] = fields["e"]
-                    envelope = Envelope(room, offset, decode_payload(fields["p"]), fields["e"])
+                    self._epochs[room] = epoch
                     assert self._deliver is not None
-                    self._deliver(envelope)
+                    self._deliver(Envelope(room, offset, payload, epoch))
 
     async def _position_pending(self, redis: Any) -> None:
         """Find where the stream of each room subscribed to stands: read after that."""
@@ -1350,7 +1367,7 @@ class RedisBroker(Broker):
                 continue  # unsubscribed meanwhile
             self._positions[room] = last[0][0] if last else "0-0"
             same = last and last[0][1]["e"] == epoch
-            self._offsets[room] = int(last[0][1]["o"]) if same else 0
+            self._offsets[room] = _offset(*last[0]) if same else 0
             self._epochs[room] = epoch or ""
             if not future.done():
                 future.set_result(None)
@@ -1399,9 +1416,12 @@ class RedisBroker(Broker):
         epoch = await redis.get(self._key(room, "epoch"))
         decoded = []
         for entry_id, fields in reversed(entries):
-            number = int(fields["o"])
-            envelope = Envelope(room, number, decode_payload(fields["p"]), fields["e"])
-            millis = int(entry_id.split("-", 1)[0])  # (the id is Redis's time)
+            try:
+                number = _offset(entry_id, fields)
+                envelope = Envelope(room, number, decode_payload(fields["p"]), fields["e"])
+            except (KeyError, ValueError, TypeError):
+                continue  # (not tornws's: the reader logged it; the range is then not whole)
+            millis = int(fields.get("t") or entry_id.split("-", 1)[0])  # (the id: Redis's time)
             decoded.append((number, fields.get("k") != "0", millis, envelope))
         return decoded, epoch
 
