@@ -331,29 +331,48 @@ def test_workers_without_a_broker_are_refused() -> None:
     assert "--workers needs --broker redis://" in result.stderr
 
 
+class Reading:
+    """A RedisBroker in this process, reading rooms, and what it delivered."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        from tornws.broker import Envelope
+        from tornws.redis_broker import RedisBroker
+
+        self.seen: list[Envelope] = []
+        self.broker = RedisBroker(url, **options)
+        self.broker.attach(self.seen.append)
+
+    async def start(self, *rooms: str) -> Any:
+        """Start it, reading ``rooms``; the broker."""
+        await self.broker.start()
+        for room in rooms:
+            self.broker.subscribe(room)
+            ready = self.broker.ready(room)
+            if ready is not None:
+                await ready
+        return self.broker
+
+    async def received(self, count: int, room: str | None = None) -> list[Any]:
+        """The envelopes delivered (of ``room``), once there are ``count`` (3 s at most)."""
+        for _ in range(300):
+            got = [e for e in self.seen if room is None or e.room == room]
+            if len(got) >= count:
+                return got
+            await asyncio.sleep(0.01)
+        return got
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_an_unkept_message_is_delivered_but_ends_what_can_be_resumed(redis: Redis) -> None:
     """``publish(..., keep=False)`` (the /broadcast relay): every process gets it, and a
     resume across it says recovered false, as with the memory broker."""
-    from tornws.broker import Envelope
-    from tornws.redis_broker import RedisBroker
-
-    seen: list[Envelope] = []
-    broker = RedisBroker(redis.url)
-    broker.attach(seen.append)
-    await broker.start()
+    reading = Reading(redis.url)
+    broker = await reading.start("k")
     try:
-        broker.subscribe("k")
-        ready = broker.ready("k")
-        if ready is not None:
-            await ready
         broker.publish("k", Message("kept"))
         broker.publish("k", Message("not kept"), keep=False)
         broker.publish("k", Message("kept again"))
-        for _ in range(200):
-            if len(seen) == 3:
-                break
-            await asyncio.sleep(0.01)
+        seen = await reading.received(3)
         assert [e.payload for e in seen] == [
             Message("kept"),
             Message("not kept"),
@@ -414,29 +433,14 @@ async def test_a_room_quiet_past_its_history_age_still_delivers_its_next_epoch(
     """A room's keys expire ``history_age`` after its last message; its next message
     starts a new epoch at offset 1, and every process still subscribed receives it (its
     readers wait after the last entry they saw, whose offset was higher)."""
-    from tornws.broker import Envelope
-    from tornws.redis_broker import RedisBroker
-
-    seen: list[Envelope] = []
-    reader = RedisBroker(redis.url, history_age=0.5)
-    writer = RedisBroker(redis.url, history_age=0.5)  # another process, not subscribed
-    reader.attach(seen.append)
-    writer.attach(lambda envelope: None)
-    await reader.start()
-    await writer.start()
+    reading = Reading(redis.url, history_age=0.5)
+    reader = await reading.start("quiet")
+    writer = await Reading(redis.url, history_age=0.5).start()  # another process, not reading
 
     async def received(count: int) -> list[tuple[str, int, object]]:
-        for _ in range(300):
-            if len(seen) >= count:
-                break
-            await asyncio.sleep(0.01)
-        return [(e.epoch, e.offset, e.payload) for e in seen]
+        return [(e.epoch, e.offset, e.payload) for e in await reading.received(count)]
 
     try:
-        reader.subscribe("quiet")
-        ready = reader.ready("quiet")
-        if ready is not None:
-            await ready
         for text in ("one", "two", "three"):
             writer.publish("quiet", Message(text))
         before = await received(3)
@@ -468,33 +472,19 @@ async def test_a_redis_that_numbered_less_than_was_read_starts_a_new_epoch(
     than be numbered 3 again (tests/test_sentinel.py has the failover itself)."""
     import redis as redis_py
 
-    from tornws.broker import Envelope
-    from tornws.redis_broker import RedisBroker
-
-    seen: list[Envelope] = []
-    broker = RedisBroker(redis.url)
-    broker.attach(seen.append)
-    await broker.start()
+    reading = Reading(redis.url)
+    broker = await reading.start("r")
     raw = redis_py.Redis(port=redis.port, decode_responses=True)
-
-    async def received(count: int) -> list[Envelope]:
-        for _ in range(300):
-            if len(seen) >= count:
-                break
-            await asyncio.sleep(0.01)
-        return seen[:count]
-
     try:
-        broker.subscribe("r")
         for i in range(5):
             broker.publish("r", Message(f"read {i}"))
-        read = await received(5)
+        read = await reading.received(5)
         assert [e.offset for e in read] == [1, 2, 3, 4, 5]
         raw.set("tornws:room:r:n", 2)  # (what a replica had when it was promoted, say)
         with caplog.at_level("WARNING", "tornws.redis_broker"):
             epoch, offset = await broker.publish_numbered("r", Message("next"))
         assert epoch != read[0].epoch and offset == 1
-        [after] = (await received(6))[5:]
+        [after] = (await reading.received(6))[5:]
         assert (after.epoch, after.offset, after.payload) == (epoch, 1, Message("next"))
         assert "redis has fewer events of epoch" in caplog.text
         assert await broker.recover("r", read[0].epoch, 3) is None
@@ -513,42 +503,26 @@ async def test_offsets_numbered_again_are_never_delivered_as_what_follows(
     delivers neither those nor what follows in that epoch, and the room starts anew."""
     import redis as redis_py
 
-    from tornws.broker import Envelope
     from tornws.publisher import Publisher
-    from tornws.redis_broker import RedisBroker
 
-    seen: list[Envelope] = []
-    broker = RedisBroker(redis.url)
-    broker.attach(seen.append)
-    await broker.start()
+    reading = Reading(redis.url)
+    broker = await reading.start("r", "s")
     raw = redis_py.Redis(port=redis.port, decode_responses=True)
     loop = asyncio.get_running_loop()
-
-    async def received(room: str, count: int) -> list[Envelope]:
-        for _ in range(300):
-            if len([e for e in seen if e.room == room]) >= count:
-                break
-            await asyncio.sleep(0.01)
-        return [e for e in seen if e.room == room]
-
+    received = reading.received
     try:
-        for room in ("r", "s"):
-            broker.subscribe(room)
-            ready = broker.ready(room)
-            if ready is not None:
-                await ready
         with Publisher(redis.url) as publisher:
             for room in ("r", "s"):
                 for i in range(5):
                     publisher.say(room, f"read {i}")
-            read = {room: await received(room, 5) for room in ("r", "s")}
+            read = {room: await received(5, room) for room in ("r", "s")}
             assert [e.offset for e in read["r"]] == [1, 2, 3, 4, 5] == [e.offset for e in read["s"]]
             for room in ("r", "s"):
                 raw.set(f"tornws:room:{room}:n", 3)  # (what the promoted replica had)
             # This publisher remembers it was given 5 in "r": it starts a new epoch itself.
             own = await loop.run_in_executor(None, publisher.say, "r", "remembered")
         assert own.epoch != read["r"][0].epoch and own.offset == 1
-        assert [(e.epoch, e.offset) for e in (await received("r", 6))[5:]] == [own]
+        assert [(e.epoch, e.offset) for e in (await received(6, "r"))[5:]] == [own]
         with caplog.at_level("WARNING", "tornws.redis_broker"):
             with Publisher(redis.url) as stranger:  # never published to "s"
                 again = [stranger.say("s", f"renumbered {i}") for i in range(3)]
@@ -561,7 +535,7 @@ async def test_offsets_numbered_again_are_never_delivered_as_what_follows(
             assert "redis has fewer events of epoch" in caplog.text
         epoch, offset = await broker.publish_numbered("s", Message("fresh"))
         assert epoch != read["s"][0].epoch and offset == 1
-        after = [(e.epoch, e.offset, e.payload) for e in (await received("s", 6))[5:]]
+        after = [(e.epoch, e.offset, e.payload) for e in (await received(6, "s"))[5:]]
         assert after == [(epoch, 1, Message("fresh"))]  # and none of the renumbered ones
     finally:
         raw.close()
@@ -575,25 +549,13 @@ async def test_publishing_that_timed_out_resumes_once_redis_answers(redis: Redis
     numbered again (the reader, not failing itself, finds out that Redis answers)."""
     import redis as redis_py
 
-    from tornws.broker import Envelope
-    from tornws.redis_broker import RedisBroker
-
-    seen: list[Envelope] = []
-    broker = RedisBroker(redis.url, timeout=0.5)
-    broker.attach(seen.append)
-    await broker.start()
+    reading = Reading(redis.url, timeout=0.5)
+    broker = await reading.start("r")
     raw = redis_py.Redis(port=redis.port)
     try:
-        broker.subscribe("r")
-        ready = broker.ready("r")
-        if ready is not None:
-            await ready
         raw.client_pause(1500, all=False)  # (writes only)
         broker.publish("r", Message("paused"))
-        for _ in range(300):
-            if seen:
-                break
-            await asyncio.sleep(0.01)
+        seen = await reading.received(1)
         assert [(e.offset, e.payload) for e in seen] == [(0, Message("paused"))]  # local
         await asyncio.sleep(1.5)  # writes accepted again
         _, offset = await broker.publish_numbered("r", Message("numbered again"))
@@ -609,9 +571,6 @@ async def test_a_stream_an_earlier_tornws_wrote_is_read_on(redis: Redis) -> None
     numbered on, resumed across; an entry tornws did not write is skipped."""
     import redis as redis_py
 
-    from tornws.broker import Envelope
-    from tornws.redis_broker import RedisBroker
-
     raw = redis_py.Redis(port=redis.port, decode_responses=True)
     millis = str(int(time.time() * 1000))
     for offset in (1, 2):
@@ -619,22 +578,12 @@ async def test_a_stream_an_earlier_tornws_wrote_is_read_on(redis: Redis) -> None
         raw.xadd("tornws:room:r:stream", {**fields, "k": "1"}, id=f"{offset}-1")
     raw.set("tornws:room:r:epoch", "0ld")
     raw.set("tornws:room:r:n", 2)
-    seen: list[Envelope] = []
-    broker = RedisBroker(redis.url)
-    broker.attach(seen.append)
-    await broker.start()
+    reading = Reading(redis.url)
+    broker = await reading.start("r")
     try:
-        broker.subscribe("r")
-        ready = broker.ready("r")
-        if ready is not None:
-            await ready
         raw.xadd("tornws:room:r:stream", {"not": "tornws's"})  # skipped (and logged)
         assert await broker.publish_numbered("r", Message("new")) == ("0ld", 3)
-        for _ in range(300):
-            if seen:
-                break
-            await asyncio.sleep(0.01)
-        assert [(e.epoch, e.offset) for e in seen] == [("0ld", 3)]
+        assert [(e.epoch, e.offset) for e in await reading.received(1)] == [("0ld", 3)]
         replay = await broker.recover("r", "0ld", 2)
         assert [(e.offset, e.payload) for e in replay or []] == [(3, Message("new"))]
         stranger = [i for i, f in raw.xrange("tornws:room:r:stream") if "not" in f]
