@@ -32,6 +32,7 @@ async def json_user(ws_connect: Any, ws_url: str, nick: str, room: str = "lobby"
     connection = await ws_connect(f"{ws_url}/chat/{room}?nick={nick}", subprotocols=["chat.json"])
     presence = await recv_json(connection)
     assert presence["type"] == "presence" and nick in presence["members"]
+    assert presence["you"] == nick  # (own join: the first join with that nick)
     join = await recv_json(connection)
     assert join["type"] == "join" and join["nick"] == nick
     return connection

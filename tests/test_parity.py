@@ -131,7 +131,12 @@ async def test_parity_text_chat(url: str, ws_connect: Any) -> None:
 async def test_parity_json_chat(url: str, ws_connect: Any) -> None:
     """chat.json: presence, own join, ids increasing by one, own messages echoed, time set."""
     web = await ws_connect(f"{url}/chat/pj?nick=web", subprotocols=["chat.json"])
-    assert await recv_json(web) == {"type": "presence", "room": "pj", "members": ["web"]}
+    assert await recv_json(web) == {
+        "type": "presence",
+        "room": "pj",
+        "members": ["web"],
+        "you": "web",
+    }
     join = await recv_json(web)
     assert {k: join[k] for k in ("type", "room", "id", "nick")} == {
         "type": "join",

@@ -233,9 +233,13 @@ def _dumps(body: Any) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
-def presence_event(room: str, nicks: list[str]) -> Message:
-    """The ``presence`` event: who is in the room now (sent to one client)."""
-    return Message(_dumps({"type": "presence", "room": room, "members": sorted(nicks)}))
+def presence_event(room: str, nicks: list[str], you: str | None = None) -> Message:
+    """The ``presence`` event: who is in the room now (sent to one client); ``you``: its
+    nick, in the one sent on connecting (its own join is the first join with that nick)."""
+    body: dict[str, Any] = {"type": "presence", "room": room, "members": sorted(nicks)}
+    if you is not None:
+        body["you"] = you
+    return Message(_dumps(body))
 
 
 class _Crowd:
@@ -470,7 +474,7 @@ class ChatHandler(WebSocketHandler):
                     )
                 )
             else:
-                self.send(presence_event(self.room, nicks))
+                self.send(presence_event(self.room, nicks, self.nick))
             if self.since is not None:
                 self._replay(missed)
         else:

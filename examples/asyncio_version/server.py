@@ -160,9 +160,12 @@ def publish(room_name: str, kind: str, sender: ServerConnection, nick: str, text
     broadcast([ws for ws, m in members if not m.json and ws is not sender], line)
 
 
-def presence(room_name: str) -> str:
+def presence(room_name: str, you: str | None = None) -> str:
     nicks = sorted(m.nick for m in ROOMS[room_name].members.values())
-    return dumps({"type": "presence", "room": room_name, "members": nicks})
+    body = {"type": "presence", "room": room_name, "members": nicks}
+    if you is not None:  # (on connecting: the client's own nick)
+        body["you"] = you
+    return dumps(body)
 
 
 def error(code: str, detail: str) -> str:
@@ -202,7 +205,7 @@ async def chat(websocket: ServerConnection) -> None:
     room.members[websocket] = Member(nick, is_json)
     try:
         if is_json:
-            await websocket.send(presence(room_name))
+            await websocket.send(presence(room_name, nick))
         else:
             here = ", ".join(sorted(m.nick for m in room.members.values()))
             await websocket.send(f"* you are {nick} in {room_name}; here: {here}")

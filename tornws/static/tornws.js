@@ -54,6 +54,7 @@ export class ChatClient extends EventTarget {
     this._attempt = 0;
     this._timer = null;
     this._ownJoinPending = false;
+    this._ownNick = undefined; // (the "you" of the presence sent on connecting)
     this._replaying = false;
     /** The last event seen: where a reconnect resumes from. */
     this.epoch = "";
@@ -85,6 +86,7 @@ export class ChatClient extends EventTarget {
       }
       this._attempt = 0;
       this._ownJoinPending = true;
+      this._ownNick = undefined;
       this._replaying = resuming;
       this._setStatus("open");
     };
@@ -163,6 +165,7 @@ export class ChatClient extends EventTarget {
       case "presence":
         this._members = new Map();
         for (const nick of event.members) this._count(nick, 1);
+        if (event.you !== undefined) this._ownNick = event.you;
         if (event.nick !== undefined) {
           // A crowded room: the list is as of its last notice; our join is in the next one.
           this._ownJoinPending = false;
@@ -177,9 +180,10 @@ export class ChatClient extends EventTarget {
         this._emit("presence", { members: this.members });
         break;
       case "join":
-        // The presence sent on connecting already lists this connection; the first join after
-        // it is our own (the server publishes it right after the presence).
-        if (this._ownJoinPending) {
+        // The presence sent on connecting already lists this connection; our own join is the
+        // first after it with our nick ("you": with several processes, another user's join
+        // may come first).
+        if (this._ownJoinPending && (this._ownNick === undefined || event.nick === this._ownNick)) {
           this._ownJoinPending = false;
           this.nick = event.nick;
           event.self = true;
