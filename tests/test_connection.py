@@ -14,20 +14,15 @@ from tornws.stats import Stats
 
 
 class Peer:
-    """The delegate: records every event and every byte the core hands out."""
+    """The delegate: records every event and every byte the core hands out (and, with
+    :func:`receive`, every message it gives back)."""
 
     def __init__(self) -> None:
         self.events: list[tuple[str, Any]] = []
         self.sent = b""
-        self.on_message_hook: Any = None
 
     def send_frame(self, frame: bytes) -> None:
         self.sent += frame
-
-    def on_message(self, data: str | bytes) -> None:
-        self.events.append(("message", data))
-        if self.on_message_hook is not None:
-            self.on_message_hook(data)
 
     def on_ping(self, payload: bytes) -> None:
         self.events.append(("ping", payload))
@@ -60,6 +55,14 @@ def core(**options: Any) -> tuple[Connection, Peer]:
     return Connection(peer, **options), peer
 
 
+def receive(connection: Connection, peer: Peer, data: bytes, now: float) -> None:
+    """Feed ``data`` and take every message the core gives back, as a transport does."""
+    message = connection.receive(data, now)
+    while message is not None:
+        peer.events.append(("message", message))
+        message = connection.next_message()
+
+
 def text(data: str, **kwargs: Any) -> bytes:
     return client_frame(Opcode.TEXT, data.encode(), **kwargs)
 
@@ -69,7 +72,7 @@ def test_connection_delivers_messages_split_anywhere() -> None:
     connection, peer = core()
     stream = text("héllo") + client_frame(Opcode.BINARY, b"\x00\xff") + text("")
     for i in range(len(stream)):  # one byte at a time
-        connection.receive(stream[i : i + 1], now=0.0)
+        receive(connection, peer, stream[i : i + 1], now=0.0)
     assert peer.events == [("message", "héllo"), ("message", b"\x00\xff"), ("message", "")]
     assert connection.messages_in == 3 and connection.state is State.OPEN and peer.sent == b""
 
@@ -84,7 +87,7 @@ def test_connection_assembles_fragments_and_answers_pings_between_them() -> None
         + client_frame(Opcode.CONTINUATION, data[2:])
     )
     connection, peer = core()
-    connection.receive(stream, now=0.0)
+    receive(connection, peer, stream, now=0.0)
     assert peer.events == [("ping", b"hb"), ("message", "añb")]
     assert peer.sent == encode_frame(Opcode.PONG, b"hb")
 
@@ -94,12 +97,12 @@ def test_connection_answers_the_peers_close_with_its_code() -> None:
     CLOSED, the code and reason are kept, and nothing after the close is delivered."""
     connection, peer = core()
     payload = struct.pack("!H", 4001) + b"bye"
-    connection.receive(client_frame(Opcode.CLOSE, payload) + text("late"), now=0.0)
+    receive(connection, peer, client_frame(Opcode.CLOSE, payload) + text("late"), now=0.0)
     assert peer.take() == close_frame(4001)
     assert connection.state is State.CLOSED
     assert (connection.close_code, connection.close_reason) == (4001, "bye")
     assert peer.events == [("closing", None), ("closed", None)]
-    connection.receive(text("later"), now=0.0)
+    receive(connection, peer, text("later"), now=0.0)
     assert peer.events == [("closing", None), ("closed", None)] and peer.sent == b""
 
 
@@ -112,7 +115,7 @@ def test_connection_closing_handshake_started_here() -> None:
     assert connection.state is State.CLOSING
     connection.close(1000)  # once only
     assert peer.take() == b""
-    connection.receive(text("in flight") + client_frame(Opcode.CLOSE, b"\x03\xe9"), now=0.0)
+    receive(connection, peer, text("in flight") + client_frame(Opcode.CLOSE, b"\x03\xe9"), now=0.0)
     assert peer.events == [("closing", None), ("closed", None)]
     assert connection.state is State.CLOSED and peer.sent == b""
     assert connection.close_code == 1001
@@ -143,7 +146,7 @@ def test_connection_fails_with_the_code_of_the_violation(stream: bytes, code: in
     """What the peer gets wrong fails the connection: a close frame with 1002, 1007 or
     1009, then CLOSED at once (RFC 6455 7.1.7); nothing is delivered."""
     connection, peer = core()
-    connection.receive(stream, now=0.0)
+    receive(connection, peer, stream, now=0.0)
     if code is None:
         assert connection.state is State.OPEN and peer.sent == b""
         return
@@ -162,7 +165,7 @@ def test_connection_keepalive_pings_and_closes_1011_when_the_pong_is_late() -> N
     assert peer.sent == b""
     assert connection.check(120.0) == 130.0  # pinged: its pong is due by 130
     assert peer.take() == encode_frame(Opcode.PING, b"")
-    connection.receive(client_frame(Opcode.PONG, b""), now=120.5)
+    receive(connection, peer, client_frame(Opcode.PONG, b""), now=120.5)
     assert stats.ping_rtt_seconds.count == 1 and stats.ping_rtt_seconds.sum == 0.5
     assert connection.check(130.0) == 140.0  # answered: next ping at 140
     assert connection.check(140.0) == 150.0
@@ -189,9 +192,9 @@ def test_connection_idle_timeout_counts_messages_not_pings() -> None:
     stats = Stats()
     connection, peer = core(idle_timeout=30.0, stats=stats)
     assert connection.check(0.0) == 30.0
-    connection.receive(text("hi"), now=10.0)
+    receive(connection, peer, text("hi"), now=10.0)
     assert connection.check(30.0) == 40.0
-    connection.receive(client_frame(Opcode.PING, b""), now=35.0)
+    receive(connection, peer, client_frame(Opcode.PING, b""), now=35.0)
     peer.take()
     assert connection.check(40.0) is None
     assert peer.take() == close_frame(1000, "idle timeout")
@@ -203,24 +206,27 @@ def test_connection_rate_limit_allows_bursts_then_fails_1008() -> None:
     connection with 1008; a second later the bucket has refilled."""
     stats = Stats()
     connection, peer = core(rate_limit=(3, 1.0), stats=stats)
-    connection.receive(text("a") + text("b") + text("c"), now=0.0)
-    connection.receive(text("d") + text("e") + text("f"), now=1.0)
+    receive(connection, peer, text("a") + text("b") + text("c"), now=0.0)
+    receive(connection, peer, text("d") + text("e") + text("f"), now=1.0)
     assert [e[1] for e in peer.events] == ["a", "b", "c", "d", "e", "f"]
-    connection.receive(text("g"), now=1.1)
+    receive(connection, peer, text("g"), now=1.1)
     assert peer.take() == close_frame(1008, "message rate limit")
     assert connection.state is State.CLOSED and stats.rate_limited == 1
     assert peer.events[-1] == ("closed", None)
 
 
-def test_connection_pause_keeps_the_rest_until_resume() -> None:
-    """pause() from on_message stops after that message; resume() goes on in order."""
+def test_connection_holds_what_follows_until_asked() -> None:
+    """receive() gives back the first message only; the rest waits, unparsed, until
+    next_message() is called (a handler still busy holds the next messages back), and
+    feed() adds to it without parsing."""
     connection, peer = core()
-    peer.on_message_hook = lambda data: connection.pause() if data == "first" else None
-    connection.receive(text("first") + text("second") + text("third"), now=0.0)
-    assert peer.events == [("message", "first")] and connection.paused
-    peer.on_message_hook = None
-    connection.resume(now=0.0)
-    assert [e[1] for e in peer.events] == ["first", "second", "third"]
+    assert connection.receive(text("first") + text("second"), now=0.0) == "first"
+    connection.feed(client_frame(Opcode.PING, b"p") + text("third"))
+    assert peer.sent == b"" and peer.events == []
+    assert connection.next_message() == "second"
+    assert connection.next_message() == "third"
+    assert peer.take() == encode_frame(Opcode.PONG, b"p")
+    assert connection.next_message() is None and connection.messages_in == 3
 
 
 def test_connection_lost_is_closed_without_a_close_frame() -> None:

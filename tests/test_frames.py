@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from tornws.connection import Reader
 from tornws.exceptions import ProtocolError
-from tornws.frames import CloseCode, Message, Opcode, Reader, encode_frame, is_valid_close_code
+from tornws.frames import CloseCode, Message, Opcode, encode_frame, is_valid_close_code
 
 
 def test_message_text_is_encoded_once_to_utf8() -> None:
@@ -79,9 +80,6 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, Any]] = []
 
-    def on_data(self, message: str | bytes) -> None:
-        self.events.append(("data", message))
-
     def on_ping(self, payload: bytes) -> None:
         self.events.append(("ping", payload))
 
@@ -92,9 +90,17 @@ class Recorder:
         self.events.append(("close", (code, reason)))
 
 
+def drain(reader: Reader, recorder: Recorder) -> None:
+    """Take every complete message, in order with the control frames met on the way."""
+    while (message := reader.next_message()) is not None:
+        recorder.events.append(("data", message))
+
+
 def read(data: bytes, **options: Any) -> list[tuple[str, Any]]:
     recorder = Recorder()
-    Reader(recorder, max_size=options.pop("max_size", 1 << 20), **options).feed(data)
+    reader = Reader(recorder, max_size=options.pop("max_size", 1 << 20), **options)
+    reader.feed(data)
+    drain(reader, recorder)
     return recorder.events
 
 
@@ -128,6 +134,7 @@ def test_reader_any_split_gives_the_same_messages() -> None:
     reader = Reader(recorder, max_size=1 << 20)
     for i in range(len(stream)):
         reader.feed(stream[i : i + 1])
+        drain(reader, recorder)
     assert (
         recorder.events
         == whole
@@ -224,21 +231,33 @@ def test_reader_close_codes() -> None:
     assert read(client_frame(Opcode.CLOSE, b"")) == [("close", (None, ""))]
 
 
-def test_reader_pause_keeps_the_rest() -> None:
-    """Pausing from a callback stops after that message; resume delivers the rest in order."""
+def test_reader_gives_one_message_at_a_time_and_keeps_the_rest() -> None:
+    """Messages come one per next_message(), in order; what follows stays unparsed
+    (a ping after the first message is not answered before the second is asked for)."""
     recorder = Recorder()
     reader = Reader(recorder, max_size=1 << 20)
-    recorder.on_data = lambda m: (
-        recorder.events.append(("data", m)),
-        setattr(reader, "paused", True),
-    )  # type: ignore[method-assign]
-    reader.feed(b"".join(client_frame(Opcode.TEXT, str(i).encode()) for i in range(3)))
-    assert recorder.events == [("data", "0")]
-    reader.resume()
-    assert recorder.events == [("data", "0"), ("data", "1")]
-    reader.resume()
-    reader.resume()
-    assert [m for _, m in recorder.events] == ["0", "1", "2"]
+    stream = client_frame(Opcode.TEXT, b"0") + client_frame(Opcode.PING, b"p")
+    stream += client_frame(Opcode.TEXT, b"1") + client_frame(Opcode.TEXT, b"2")
+    reader.feed(stream)
+    assert reader.next_message() == "0"
+    assert recorder.events == [] and reader.buffered == len(stream) - 7
+    assert reader.next_message() == "1"
+    assert recorder.events == [("ping", b"p")]
+    assert reader.next_message() == "2"
+    assert reader.next_message() is None and reader.buffered == 0
+
+
+def test_reader_reads_nothing_after_a_close_frame() -> None:
+    """A message after the peer's close frame is neither returned nor kept."""
+    recorder = Recorder()
+    reader = Reader(recorder, max_size=1 << 20)
+    reader.feed(
+        client_frame(Opcode.CLOSE, struct.pack("!H", 1000)) + client_frame(Opcode.TEXT, b"x")
+    )
+    assert reader.next_message() is None
+    reader.feed(client_frame(Opcode.TEXT, b"y"))
+    assert reader.next_message() is None
+    assert recorder.events == [("close", (1000, ""))] and reader.buffered == 0
 
 
 def test_reader_inflates_compressed_messages() -> None:

@@ -72,12 +72,9 @@ from .frames import (
     Data,
     Message,
     Opcode,
-    Reader,
-    ReaderDelegate,
     encode_close,
     encode_frame,
     is_valid_close_code,
-    unmask,
 )
 from .handlers import (
     DEFAULT_COMPRESSION,
@@ -210,8 +207,6 @@ __all__ = [
     "PubCodec",
     "Publication",
     "Publisher",
-    "Reader",
-    "ReaderDelegate",
     "Registry",
     "Sender",
     "Stats",
@@ -241,7 +236,6 @@ __all__ = [
     "run_workers",
     "serve",
     "ssl_context",
-    "unmask",
     "user_channel",
     "validate_nick",
 ]

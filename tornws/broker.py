@@ -105,14 +105,16 @@ class Envelope:
         epoch: the room's epoch (see the module docstring).
     """
 
-    __slots__ = ("_encoded", "epoch", "offset", "payload", "room")
+    __slots__ = ("encodings", "epoch", "offset", "payload", "room")
 
     def __init__(self, room: str, offset: int, payload: object, epoch: str = "") -> None:
         self.room = room
         self.offset = offset
         self.payload = payload
         self.epoch = epoch
-        self._encoded: dict[Codec, Message | None] = {}
+        #: The encode-once cache: each codec's message (``None``: that kind of member
+        #: gets nothing), filled by :meth:`encode` and by the registry's fan-out.
+        self.encodings: dict[Codec, Message | None] = {}
 
     def encode(self, codec: Codec) -> Message | None:
         """The payload encoded by ``codec``, computed once per codec and envelope.
@@ -122,9 +124,9 @@ class Envelope:
         not N times.
         """
         try:
-            return self._encoded[codec]
+            return self.encodings[codec]
         except KeyError:
-            message = self._encoded[codec] = codec.encode(self)
+            message = self.encodings[codec] = codec.encode(self)
             return message
 
     def __repr__(self) -> str:

@@ -571,8 +571,11 @@ class ChatHandler(WebSocketHandler):
 
     def publish(self, kind: str, text: str = "") -> None:
         """Publish a chat event of this connection to its room."""
+        registry = self._registry  # (set by open(); the property is for before)
+        if registry is None:
+            registry = self.registry
         event = ChatEvent(kind, self.nick, text, origin=self.connection_id)
-        self.registry.broker.publish(self.room, event)  # stamped there, then delivered here
+        registry.broker.publish(self.room, event)  # numbered there, then delivered to all
 
     def nicks(self) -> list[str]:
         """The nicks of the room's members in this process (see :meth:`all_nicks`)."""

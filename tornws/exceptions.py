@@ -74,7 +74,7 @@ class ConfigError(TornwsError, ValueError):
 class ProtocolError(TornwsError):
     """The peer sent something RFC 6455 forbids; the connection fails with ``code``.
 
-    Raised by :class:`tornws.frames.Reader`; the data plane answers it with a
+    Raised by :class:`tornws.connection.Reader`; the data plane answers it with a
     close frame carrying ``code`` (1002 protocol error, 1007 invalid data, 1009
     message too big) and closes the connection.
     """

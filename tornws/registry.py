@@ -282,18 +282,23 @@ class Registry:
         plan = room.get_plan()
         started = time.perf_counter()
         failed: list[Member] = []
+        encodings = envelope.encodings  # (the envelope's cache, looked up here: no call)
         for group in plan.direct:
+            codec = group.codec
             try:
-                message = envelope.encode(group.codec)
-            except Exception:
-                self._failed(group.owners, envelope, failed)
-                continue
+                message = encodings[codec]
+            except KeyError:
+                try:
+                    message = encodings[codec] = codec.encode(envelope)
+                except Exception:
+                    self._failed(group.owners, envelope, failed)
+                    continue
             if message is None:
                 continue
             senders = group.senders
             if group.skip_origin:
                 origin = room.by_id.get(getattr(envelope.payload, "origin", None) or "")
-                if origin is not None and room.members.get(origin) is group.codec:
+                if origin is not None and room.members.get(origin) is codec:
                     index = group.owners.index(origin)
                     self._send(senders[:index], group.owners[:index], message, envelope, failed)
                     index += 1

@@ -10,10 +10,11 @@ from it) answers the handshake and then runs the connection itself:
   and compressors), sends the 101, calls ``open``.
 - **Reading**: the socket is taken from Tornado's ``IOStream`` and registered
   with the event loop once; each time it is readable, one ``recv_into`` fills a
-  buffer shared by every connection and the connection core
-  (:class:`tornws.connection.Connection`) parses every complete frame in it. No
-  future is awaited per frame; a coroutine ``on_message`` pauses reading until
-  it is done (order kept).
+  buffer shared by every connection, the connection core
+  (:class:`tornws.connection.Connection`) takes it and gives back the messages
+  one at a time, and each goes to the handler's ``on_message``. No future is
+  awaited per frame; a coroutine ``on_message`` holds the next messages (and
+  reading) until it is done (order kept).
 - **Writing**: a frame goes straight to the socket with ``send`` when nothing is
   queued for this connection; only what the kernel does not take is queued (in
   order, bounded by ``max_outgoing`` with a slow-consumer policy) and written
@@ -309,6 +310,7 @@ class Transport(tornado.websocket.WebSocketProtocol):
         "_tick",
         "_opened",
         "_handled",
+        "_holding",
         "_selected",
         "_decompressor",
         "bytes_in",
@@ -354,6 +356,9 @@ class Transport(tornado.websocket.WebSocketProtocol):
         self._tick: int | None = None  # the core's next check, in the loop's _Wheel
         self._opened = False  # open() returned: messages may be delivered
         self._handled = 0  # messages handled in the current slice (see YIELD_EVERY)
+        # Messages wait in the core (a coroutine on_message runs, a slice is over, or
+        # open() has not returned): none is taken from it, the socket is not read.
+        self._holding = False
         #: Counters, added to the registry's stats when the connection ends.
         self.messages_out = 0
         self.bytes_in = 0
@@ -486,7 +491,7 @@ class Transport(tornado.websocket.WebSocketProtocol):
             self._flush()
         if leftover:
             if not self._opened:
-                self._core.pause()  # kept until open() has returned
+                self._holding = True  # kept until open() has returned
             self._receive(leftover)
         if self._opened:
             self._start_reading()
@@ -533,17 +538,53 @@ class Transport(tornado.websocket.WebSocketProtocol):
     def _receive(self, data: bytes | memoryview) -> None:
         core = self._core
         assert core is not None and self._loop is not None
-        self._handled = 0
         self.bytes_in += len(data)
+        if self._holding:
+            core.feed(data)
+            return
+        self._handled = 0
         try:
-            core.receive(data, self._loop.time())
+            message = core.receive(data, self._loop.time())
+            if message is not None:
+                self._deliver(message)
         finally:
             if _batch.active:
                 _batch.flush()
 
-    def _pause(self) -> None:
-        assert self._core is not None
-        self._core.pause()
+    def _deliver(self, message: Data) -> None:
+        """``message``, then the next ones the core has, to ``on_message``, until
+        there are none or they must wait (see :attr:`_holding`)."""
+        core = self._core
+        assert core is not None
+        while True:
+            if self._handled:  # a second message from this read: hold frames (see _Batch)
+                _batch.active = True
+            handler = self.handler
+            try:
+                result = handler.on_message(message)
+            except (Exception, asyncio.CancelledError):
+                handler.log_exception(*sys.exc_info())
+                self.abort()
+                return
+            if self._finished:  # the connection ended inside on_message
+                return
+            if result is not None:  # a coroutine: keep order by taking no more until done
+                self._hold()
+                tornado.gen.convert_yielded(result).add_done_callback(self._on_message_done)
+                return
+            self._handled += 1
+            if self._handled >= YIELD_EVERY:  # let other connections run, then go on
+                self._hold()
+                assert self._loop is not None
+                self._loop.call_soon(self._resume, None)
+                return
+            next_message = core.next_message()
+            if next_message is None:
+                return
+            message = next_message
+
+    def _hold(self) -> None:
+        self._holding = True
         self._stop_reading()
 
     def _resume(self, _: object) -> None:
@@ -551,13 +592,16 @@ class Transport(tornado.websocket.WebSocketProtocol):
         if core is None or self._finished:
             return
         assert self._loop is not None
+        self._holding = False
         self._handled = 0
         try:
-            core.resume(self._loop.time())
+            message = core.next_message(self._loop.time())
+            if message is not None:
+                self._deliver(message)
         finally:
             if _batch.active:
                 _batch.flush()
-        if not core.paused:
+        if not self._holding:
             self._start_reading()
 
     # Connection core delegate
@@ -571,28 +615,6 @@ class Transport(tornado.websocket.WebSocketProtocol):
 
     def send_frame(self, frame: bytes) -> None:
         self._send(frame)
-
-    def on_message(self, message: Data) -> None:
-        if self._handled:  # a second message from this read: hold frames (see _Batch)
-            _batch.active = True
-        handler = self.handler
-        try:
-            result = handler.on_message(message)
-        except (Exception, asyncio.CancelledError):
-            handler.log_exception(*sys.exc_info())
-            self.abort()
-            return
-        if self._finished:  # the connection ended inside on_message
-            return
-        if result is not None:  # a coroutine: keep order by reading nothing until it is done
-            self._pause()
-            tornado.gen.convert_yielded(result).add_done_callback(self._on_message_done)
-            return
-        self._handled += 1
-        if self._handled >= YIELD_EVERY:  # let other connections run, then go on
-            self._pause()
-            assert self._loop is not None
-            self._loop.call_soon(self._resume, None)
 
     def _on_message_done(self, future: asyncio.Future[Any]) -> None:
         try:
