@@ -56,7 +56,8 @@ def _wrapped(subject: Subject, counter: str, output: Path) -> Subject:
             # Keepalive off: how many ping rounds fall in a run depends on how long it takes
             # (minutes, under valgrind), not on how many deliveries it makes.
             wrapped += ["--ping-interval", "0"]
-    return Subject(subject.name, wrapped, offer=subject.offer)
+    # Under valgrind, importing Tornado and tornws alone takes 15-20 s on this machine.
+    return Subject(subject.name, wrapped, offer=subject.offer, start_timeout=180.0)
 
 
 def _total(counter: str, capture: Path) -> int:

@@ -107,6 +107,8 @@ class Subject:
     groups: tuple[str, ...] = ()
     #: A ``Sec-WebSocket-Extensions`` offer its broadcast receivers send.
     offer: str | None = None
+    #: Seconds it may take to listen (longer under a counting tool: see ``counts``).
+    start_timeout: float = 20.0
 
     def __post_init__(self) -> None:
         if self.url:
@@ -129,7 +131,7 @@ class Subject:
         if cpu is not None:
             os.sched_setaffinity(process.pid, {cpu})
         running = Running(self, f"ws://127.0.0.1:{port}", process.pid, process, output)
-        running.wait_listening(port)
+        running.wait_listening(port, self.start_timeout)
         return running
 
 
