@@ -367,6 +367,7 @@ async def _run_subject(
         groups = getattr(subject, "groups", ())
         offer = getattr(subject, "offer", None)
         fanout = load.Fanout(running, verify=quick, offer=offer)
+        after_fresh = False
         try:
             for workload in workloads:
                 if (
@@ -376,7 +377,13 @@ async def _run_subject(
                 ):
                     continue
                 progress(f"{subject.name}: {workload.name}")
-                if workload.fresh and running.process is not None and results["results"]:
+                # A fresh server for a line that asks for one, and after one: a fill
+                # cut off at its deadline leaves a server still busy with what got in.
+                if (
+                    (workload.fresh or after_fresh)
+                    and running.process is not None
+                    and results["results"]
+                ):
                     await fanout.close()
                     fanout = load.Fanout(running)  # (none open: a new one follows)
                     running.stop()
@@ -391,6 +398,7 @@ async def _run_subject(
                     fanout = load.Fanout(running, verify=quick, offer=offer, route=workload.route)
                 measurement = await workload.run(running, fanout)
                 results["results"][workload.name] = measurement
+                after_fresh = workload.fresh
         finally:
             await fanout.close()
     except load.CheckFailed as exc:

@@ -593,7 +593,13 @@ async def handshakes(server: Running, count: int, concurrency: int = 50) -> Meas
         async with gate:
             start = time.perf_counter()
             transport, _ = await asyncio.wait_for(
-                ws_connect(Client, f"{server.url}/echo", read_buffer_init_size=2048), STUCK
+                ws_connect(
+                    Client,
+                    f"{server.url}/echo",
+                    read_buffer_init_size=2048,
+                    websocket_handshake_timeout=STUCK,  # (picows's own default: 5 s)
+                ),
+                STUCK,
             )
             result.latencies.append(time.perf_counter() - start)
             transport.send_close(WSCloseCode.OK)
