@@ -543,17 +543,21 @@ class Transport(tornado.websocket.WebSocketProtocol):
             core.feed(data)
             return
         self._handled = 0
+        message = core.receive(data, self._loop.time())
+        if message is not None:
+            self._deliver(message)
+
+    def _deliver(self, message: Data) -> None:
+        """``message``, then the next ones the core has, to ``on_message``, until
+        there are none or they must wait (see :attr:`_holding`); then the frames
+        held for this slice go out."""
         try:
-            message = core.receive(data, self._loop.time())
-            if message is not None:
-                self._deliver(message)
+            self._deliver_each(message)
         finally:
             if _batch.active:
                 _batch.flush()
 
-    def _deliver(self, message: Data) -> None:
-        """``message``, then the next ones the core has, to ``on_message``, until
-        there are none or they must wait (see :attr:`_holding`)."""
+    def _deliver_each(self, message: Data) -> None:
         core = self._core
         assert core is not None
         while True:
@@ -594,13 +598,9 @@ class Transport(tornado.websocket.WebSocketProtocol):
         assert self._loop is not None
         self._holding = False
         self._handled = 0
-        try:
-            message = core.next_message(self._loop.time())
-            if message is not None:
-                self._deliver(message)
-        finally:
-            if _batch.active:
-                _batch.flush()
+        message = core.next_message(self._loop.time())
+        if message is not None:
+            self._deliver(message)
         if not self._holding:
             self._start_reading()
 
