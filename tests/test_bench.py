@@ -466,8 +466,51 @@ def test_bench_counts_instructions_per_delivery(tmp_path: Path) -> None:
         assert set(subject) == ({"100"} if name in routes else {"100", "200"})
         assert all(100 < value < 100_000 for value in subject.values()), figures
     assert figures["tornws"]["200"] > figures["floor"]["200"]
+    assert counts["errors"] == {}
     assert "user-space instructions per delivery (callgrind" in result.stdout
     assert "spread" in result.stdout
+
+
+def test_bench_a_failing_count_line_is_reported_and_the_others_stand(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One counted line that fails (here /live, raising as a bench bug would) is
+    reported with its error, and every other line keeps its figure; the table says
+    which line failed."""
+    import tornws.bench
+    import tornws.bench.counts
+
+    async def per_delivery(subject, receivers, few, many, counter, *, route="broadcast"):  # type: ignore[no-untyped-def]
+        if route == "live":
+            raise IndexError("list index out of range")
+        return float(receivers + len(route))
+
+    monkeypatch.setattr(tornws.bench.counts, "per_delivery", per_delivery)
+
+    class Subject:
+        name = "tornws"
+        command = ("true",)
+
+    counts = asyncio.run(
+        tornws.bench._counts([Subject()], "instructions", ((100, 200), 5, 20), lambda _: None)
+    )
+    assert counts["per_delivery"] == {
+        "tornws": {100: 109.0, 200: 209.0},
+        "tornws chat": {100: 104.0},
+        "tornws chat.json": {100: 109.0},
+    }
+    assert counts["errors"] == {"tornws live to 100": "IndexError: list index out of range"}
+    table = report.table(
+        {
+            "machine": tornws.bench.machine(),
+            "quick": False,
+            "pinning": {"server_cpu": 0, "loadgen_cpu": 1},
+            "subjects": {},
+            "workloads": [],
+            "instructions": counts,
+        }
+    )
+    assert "tornws live to 100: FAILED: IndexError: list index out of range" in table
 
 
 def test_bench_publish_paths_across_two_processes(tmp_path: Path) -> None:

@@ -503,26 +503,34 @@ async def _counts(
     from .counts import COUNTERS, per_delivery
     from .subjects import Cluster
 
-    counts: dict[str, Any] = {"receivers": list(sizes), "per_delivery": {}}
+    counts: dict[str, Any] = {"receivers": list(sizes), "per_delivery": {}, "errors": {}}
+
+    async def count(label: str, receivers: int, subject: Any, route: str = "broadcast") -> None:
+        # A line that fails is reported as failed; the lines before and after it stand.
+        progress(f"{label}: {counter} per delivery to {receivers} ({COUNTERS[counter]})")
+        try:
+            figure = await per_delivery(subject, receivers, few, many, counter, route=route)
+        except ConfigError:
+            raise
+        except Exception as exc:  # (a bench line's failure, whatever it is, is data)
+            error = f"{type(exc).__name__}: {exc}"
+            counts["errors"][f"{label} to {receivers}"] = error
+            progress(f"{label}: FAILED: {error}")
+            return
+        counts["per_delivery"].setdefault(label, {})[receivers] = round(figure, 2)
+
     for subject in subjects:
         if not subject.command or isinstance(subject, Cluster):
             continue
         if not _has_broadcast(subject):
             continue
-        figures = {}
         for receivers in sizes:
-            progress(f"{subject.name}: {counter} per delivery to {receivers} ({COUNTERS[counter]})")
-            figures[receivers] = round(
-                await per_delivery(subject, receivers, few, many, counter), 2
-            )
-        counts["per_delivery"][subject.name] = figures
+            await count(subject.name, receivers, subject)
         if counter == "instructions" and subject.name == "tornws":
             # The other fan-out routes beside /broadcast, at the first receiver count:
             # a chat room (plain text, chat.json) and /live channels.
             for route in ("chat", "chat.json", "live"):
-                progress(f"{subject.name}: instructions per delivery on {route} to {sizes[0]}")
-                figure = await per_delivery(subject, sizes[0], few, many, counter, route=route)
-                counts["per_delivery"][f"{subject.name} {route}"] = {sizes[0]: round(figure, 2)}
+                await count(f"{subject.name} {route}", sizes[0], subject, route)
     return counts
 
 
@@ -625,5 +633,14 @@ def main(args: Any, out: TextIO | None = None, err: TextIO | None = None) -> int
         Path(args.json).write_text(json.dumps(reporting.jsonable(report), indent=2) + "\n")
     if args.plot:
         reporting.plot(report, args.plot)
+    return 1 if _failed(report) else 0
+
+
+def _failed(report: dict[str, Any]) -> list[str]:
+    """The subjects, and the counted lines, that failed."""
     failed = [name for name, s in report["subjects"].items() if s["error"]]
-    return 1 if failed else 0
+    return failed + [
+        line
+        for counter in ("allocations", "instructions")
+        for line in report.get(counter, {}).get("errors", {})
+    ]

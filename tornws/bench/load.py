@@ -291,6 +291,8 @@ class FanoutClient(WSListener):
                 if self.replies == LIVE_CHANNELS:
                     self.warm = True
                     fanout.warm += 1
+            else:
+                fanout.warm_pushes += 1
             return
         # A warm-up ("w", a few bytes compressed) proves the receiver is registered; one
         # arriving late, after measuring began (a slow server), is not a measured message.
@@ -309,6 +311,10 @@ class FanoutClient(WSListener):
             fanout.reached.set()  # stop waiting: run() raises it
             return
         counts = fanout.counts
+        if index >= len(counts):
+            fanout.error = f"{fanout.route}: a receiver got {index + 1} messages of {len(counts)}"
+            fanout.reached.set()
+            return
         delivered = counts[index] + 1
         counts[index] = delivered
         if delivered == fanout.expected:  # the last receiver got message `index`
@@ -405,6 +411,8 @@ class Fanout:
         self.last_received = 0.0
         #: Text frames received by all receivers, warm-ups included.
         self.received = 0
+        #: /live: warm-up publications' pushes received (grow waits for all of them).
+        self.warm_pushes = 0
         #: /live: the publisher (not a receiver; its replies are not counted).
         self.publisher: Client | None = None
 
@@ -459,8 +467,16 @@ class Fanout:
                 self._sender().send(WSMsgType.TEXT, self._line(b"w"))
             await asyncio.sleep(0.25 if self.route != "live" else 0.01)
         if self.route == "live":  # one publication on each channel, end to end
+            self.warm_pushes = 0
             for channel in range(LIVE_CHANNELS):
                 self._sender().send(WSMsgType.TEXT, self._line(b"w", channel))
+            # Every push of them, not just quiet: a slow server (valgrind) may take longer
+            # than the quiet wait below to push the first, and a late one is no measured one.
+            wanted = LIVE_CHANNELS * len(self.clients)
+            while self.warm_pushes < wanted:
+                if time.monotonic() > deadline:
+                    raise CheckFailed(f"live: {self.warm_pushes} of {wanted} warm-up pushes")
+                await asyncio.sleep(0.01)
         # Stray warm-ups must not land in the measured window: wait for quiet.
         while time.perf_counter() - self.last_received < 0.3:
             if time.monotonic() > deadline:
@@ -532,6 +548,8 @@ class Fanout:
     async def _reach(self, delivered: int) -> None:
         """Wait until ``delivered`` messages have reached every receiver."""
         self.target = delivered
+        if self.error:
+            raise CheckFailed(self.error)
         if len(self.latencies) < delivered:
             self.reached.clear()
             try:

@@ -218,6 +218,31 @@ def _soak_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _count_lines(report: dict[str, Any]) -> list[str]:
+    """The ``--allocations`` and ``--instructions`` blocks, failed lines included."""
+    lines: list[str] = []
+    for counter, title in (
+        ("allocations", "heap allocations per delivery (memray"),
+        ("instructions", "user-space instructions per delivery (callgrind"),
+    ):
+        counts = report.get(counter)
+        if not counts:
+            continue
+        lines.append(
+            f"{title}; paced broadcast, 32 B, or 1 KiB of chat JSON for the deflate "
+            "subjects; by receivers; spread: max/min − 1):"
+        )
+        for subject, figures in counts["per_delivery"].items():
+            shown = " / ".join(f"{n}: {v:,.2f}" for n, v in figures.items())
+            values = [v for v in figures.values() if v > 0]
+            spread = f"   spread {max(values) / min(values) - 1:+.1%}" if len(values) > 1 else ""
+            lines.append(f"  {subject:<15} {shown}{spread}")
+        for line, error in counts.get("errors", {}).items():
+            lines.append(f"  {line}: FAILED: {error}")
+        lines.append("")
+    return lines
+
+
 def table(report: dict[str, Any]) -> str:
     """Per workload, a block of subjects: figure, ratio, throughput, latency, load-gen CPU."""
     machine = report["machine"]
@@ -262,23 +287,7 @@ def table(report: dict[str, Any]) -> str:
                 + _rounds_cell(report, subject, name)
             )
         lines.append("")
-    for counter, title in (
-        ("allocations", "heap allocations per delivery (memray"),
-        ("instructions", "user-space instructions per delivery (callgrind"),
-    ):
-        counts = report.get(counter)
-        if not counts:
-            continue
-        lines.append(
-            f"{title}; paced broadcast, 32 B, or 1 KiB of chat JSON for the deflate "
-            "subjects; by receivers; spread: max/min − 1):"
-        )
-        for subject, figures in counts["per_delivery"].items():
-            shown = " / ".join(f"{n}: {v:,.2f}" for n, v in figures.items())
-            values = [v for v in figures.values() if v > 0]
-            spread = f"   spread {max(values) / min(values) - 1:+.1%}" if len(values) > 1 else ""
-            lines.append(f"  {subject:<15} {shown}{spread}")
-        lines.append("")
+    lines += _count_lines(report)
     spreads = growth(report)
     if spreads:
         lines.append(
