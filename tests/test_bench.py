@@ -101,6 +101,10 @@ def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> 
         "chat 100 burst",
         "chat.json 100 paced",
         "chat.json 100 burst",
+        "chat 200 paced",
+        "chat 200 burst",
+        "chat.json 200 paced",
+        "chat.json 200 burst",
     ]
     live = [name for name in names if name.startswith("live")]
     assert live == ["live memory ×100×10", "live 100 paced", "live 100 burst", "live fill 200"]
@@ -245,7 +249,8 @@ def test_bench_full_plan_matches_the_issue() -> None:
     assert plan(quick=True, scale=True).scale == 500 and plan(False, 50_000).scale == 50_000
     assert full.deflate == 0 and plan(quick=False, deflate=True).deflate == 1000
     assert full.rounds == 3 and plan(quick=True).rounds == 1  # broadcast lines: median of 3
-    assert full.chat_sizes == ((1000, 200),)  # chat rooms beside /broadcast to 1000
+    # Chat rooms beside /broadcast, to 1000 and 5000 members, as many messages each.
+    assert full.chat_sizes == ((1000, 200), (5000, 50))
     # /live: 1000 connections × 10 subscriptions over 10 channels; a channel of 10,000.
     assert full.live == (1000, 200) and full.live_fill == 10_000
 

@@ -30,9 +30,9 @@ SERVERS = {
 }
 
 
-def start(kind: str) -> Server:
+def start(kind: str, *args: str) -> Server:
     port = free_port()
-    return Server([*SERVERS[kind], "--port", str(port)], port)
+    return Server([*SERVERS[kind], "--port", str(port), *args], port)
 
 
 @pytest.fixture(scope="module", params=sorted(SERVERS))
@@ -274,5 +274,48 @@ async def test_parity_sigterm_closes_1001(kind: str, ws_connect: Any) -> None:
         assert await recv_until_closed(connection) == []
         assert connection.close_code == 1001
         assert server.process.wait(10) == 0
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("kind", sorted(SERVERS))
+@pytest.mark.gen_test(timeout=30)
+async def test_parity_crowded_room(kind: str, ws_connect: Any) -> None:
+    """`--crowd 3`: from the third member on, who came and went within a second is one
+    notice to everyone (plain text: one line), newcomers get the room as of the last
+    notice, and lines still go to everyone at once."""
+    server = start(kind, "--crowd", "3")
+    try:
+        url = server.url
+        ann = await ws_connect(f"{url}/chat/hall?nick=ann")
+        assert await recv(ann) == "* you are ann in hall; here: ann"
+        bob = await ws_connect(f"{url}/chat/hall?nick=bob", subprotocols=["chat.json"])
+        assert (await recv_json(bob))["members"] == ["ann", "bob"]
+        assert (await recv_json(bob))["type"] == "join"
+        assert await recv(ann) == "* bob joined"
+        cy = await ws_connect(f"{url}/chat/hall?nick=cy")  # the third: crowded from now on
+        assert await recv(cy) == "* you are cy in hall; here: ann, bob, cy"
+        dee = await ws_connect(f"{url}/chat/hall?nick=dee", subprotocols=["chat.json"])
+        assert await recv_json(dee) == {
+            "type": "presence",
+            "room": "hall",
+            "members": ["ann", "bob"],
+            "nick": "dee",
+        }
+        cy.close()
+        assert await recv(ann) == "* 2 joined: cy, dee; 1 left: cy"
+        for member in (bob, dee):
+            diff = await recv_json(member)
+            assert set(diff) == {"type", "room", "epoch", "id", "time", "joins", "leaves"}
+            assert (diff["type"], diff["joins"], diff["leaves"]) == (
+                "presence_diff",
+                ["cy", "dee"],
+                ["cy"],
+            )
+        await dee.write_message('{"type": "message", "text": "hi all"}')
+        assert await recv(ann) == "dee: hi all"
+        assert (await recv_json(bob))["text"] == "hi all"
+        assert (await recv_json(dee))["text"] == "hi all"
+        assert await nothing_more(ann)
     finally:
         server.stop()

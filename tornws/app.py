@@ -41,6 +41,7 @@ def routes(
     registry: Registry | None = None,
     page: bool = False,
     live: dict[str, Any] | None = None,
+    chat: dict[str, Any] | None = None,
     **options: Any,
 ) -> list[URLSpec]:
     """The tornws routes under ``prefix``: ``/echo``, ``/broadcast``, ``/chat``,
@@ -55,6 +56,9 @@ def routes(
             ``<prefix>/_tornws/``.
         live: options of ``/live`` only (:class:`~tornws.live.LiveHandler`:
             ``authorizer``, ``max_subscriptions``).
+        chat: options of ``/chat`` and ``/chat/<room>`` only
+            (:class:`~tornws.chat.ChatHandler`: ``default_room``,
+            ``room_authorizer``, ``crowd``).
         **options: handler options for every route (``compression``,
             ``origins``, ``max_message_size``, ``user_loader``; see
             :mod:`tornws.handlers`).
@@ -65,11 +69,14 @@ def routes(
     kwargs = dict(options, registry=registry)
     if "origins" in kwargs:  # (one set for every connection, not one each)
         kwargs["origins"] = frozenset(kwargs["origins"])
+    chat_kwargs = {**kwargs, **(chat or {})}
     specs = [
         URLSpec(f"{prefix}/echo", EchoHandler, kwargs, name="tornws.echo"),
         URLSpec(f"{prefix}/broadcast", BroadcastHandler, kwargs, name="tornws.broadcast"),
-        URLSpec(f"{prefix}/chat", ChatHandler, kwargs, name="tornws.chat"),
-        URLSpec(f"{prefix}/chat/({ROOM_PATTERN})", ChatHandler, kwargs, name="tornws.chat_room"),
+        URLSpec(f"{prefix}/chat", ChatHandler, chat_kwargs, name="tornws.chat"),
+        URLSpec(
+            f"{prefix}/chat/({ROOM_PATTERN})", ChatHandler, chat_kwargs, name="tornws.chat_room"
+        ),
         URLSpec(f"{prefix}/live", LiveHandler, {**kwargs, **(live or {})}, name="tornws.live"),
     ]
     if page:
@@ -137,6 +144,7 @@ def make_app(
     *,
     registry: Registry | None = None,
     handler_options: dict[str, Any] | None = None,
+    chat_options: dict[str, Any] | None = None,
     api_key: str | None = None,
     **settings: Any,
 ) -> tornado.web.Application:
@@ -145,6 +153,7 @@ def make_app(
     Args:
         registry: the rooms' registry (a new one by default).
         handler_options: options for every WebSocket route (see :func:`routes`).
+        chat_options: options of the chat routes only (``chat`` of :func:`routes`).
         api_key: enables the HTTP server API under ``/api`` (:mod:`tornws.api`);
             without it, ``/api/...`` answers 404.
         **settings: Tornado application settings.
@@ -154,7 +163,7 @@ def make_app(
         URLSpec(r"/healthz", HealthHandler),
         URLSpec(r"/metrics", MetricsHandler),
         *api_routes(api_key),
-        *routes(registry=registry, page=True, **(handler_options or {})),
+        *routes(registry=registry, page=True, chat=chat_options, **(handler_options or {})),
     ]
     defaults = {"tornws.registry": registry, "log_function": log_request}
     return tornado.web.Application(handlers, **{**defaults, **settings})

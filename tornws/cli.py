@@ -77,13 +77,7 @@ def _size(value: str) -> int:
         ) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tornws", description="WebSocket server framework on Tornado."
-    )
-    parser.add_argument("--version", action="version", version=f"tornws {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_serve(commands: Any) -> None:
     serve = commands.add_parser(
         "serve",
         help="run the demo app (or your own with --app)",
@@ -142,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="close",
         help="over --max-outgoing: close 1008, or drop that client's messages "
         "(default: %(default)s)",
+    )
+    serve.add_argument(
+        "--crowd",
+        type=int,
+        metavar="N",
+        help="a chat room with N members or more in this process announces its joins and "
+        "leaves together, once a second (presence_diff; default: 1000)",
     )
     serve.add_argument(
         "--max-connections", type=int, metavar="N", help="open connections (default: no limit)"
@@ -227,6 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
         "is new since the last one (see tornws.heap)",
     )
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tornws", description="WebSocket server framework on Tornado."
+    )
+    parser.add_argument("--version", action="version", version=f"tornws {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_serve(commands)
     _add_client(commands)
     _add_publish(commands)
 
@@ -560,9 +570,15 @@ def _build_app(args: argparse.Namespace) -> tornado.web.Application:
             options["compression"] = {"server_no_context_takeover": True}
         elif args.compress:
             options["compression"] = {}
+        chat: dict[str, Any] = {}
+        if args.crowd is not None:
+            if args.crowd < 1:
+                raise ConfigError(f"--crowd {args.crowd}: expected 1 or more members")
+            chat["crowd"] = args.crowd
         app = make_app(
             registry=_registry(args.broker, args.wait_replicas),
             handler_options=options,
+            chat_options=chat,
             api_key=args.api_key,
         )
     return app

@@ -4,8 +4,9 @@
 
 The same contract as `tornws serve` (docs/comparison.md lists the deliberate
 differences): /echo, /broadcast, /chat and /chat/<room> with the `chat.json`
-and `chat` subprotocols, /healthz, 404 for unknown paths, 400 for offers of
-unknown subprotocols only. It uses the current asyncio API
+and `chat` subprotocols, crowded rooms (from `--crowd` members, 1000, joins and
+leaves are announced together once a second: docs/protocol.md), /healthz, 404
+for unknown paths, 400 for offers of unknown subprotocols only. It uses the current asyncio API
 (`websockets.asyncio.server.serve`, `process_request`, `broadcast`) and is
 also the corrected form of the tutorial's programs: no `path` argument, no set
 mutated while iterated, rejections answered before the handshake.
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
+import collections
 import itertools
 import json
 import logging
@@ -40,10 +43,23 @@ CHAT_SUBPROTOCOLS = ("chat.json", "chat")
 ROOM_RE = re.compile(r"/chat(?:/([A-Za-z0-9_.~-]{1,64}))?")
 NICK_RE = re.compile(r"[^\s\x00-\x1f\x7f]{1,32}")
 TEXT_MAX_LENGTH = 4096
+CROWD_INTERVAL = 1.0  # seconds a crowded room's joins and leaves wait to be announced
 ROUTES = ("/echo", "/broadcast")
 
 BROADCAST: set[ServerConnection] = set()
 guests = itertools.count(1)
+crowd = 1000  # members from which a room is crowded (--crowd)
+
+
+@dataclass
+class Crowd:
+    """A crowded room's joins and leaves since its last notice, and its members as of
+    that notice (what a newcomer is told, sorted and encoded once per notice)."""
+
+    joins: list[str] = field(default_factory=list)
+    leaves: list[str] = field(default_factory=list)
+    nicks: list[str] | None = None
+    encoded: str = ""
 
 
 @dataclass
@@ -52,6 +68,7 @@ class Room:
     last_id: int = 0
     # A new room (this version forgets a room when it empties) is a new epoch.
     epoch: str = field(default_factory=lambda: os.urandom(4).hex())
+    crowd: Crowd | None = None  # while a notice is due
 
 
 @dataclass
@@ -134,12 +151,21 @@ async def relay(websocket: ServerConnection) -> None:
         BROADCAST.discard(websocket)
 
 
-def dumps(body: dict[str, object]) -> str:
+def dumps(body: object) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
-def publish(room_name: str, kind: str, sender: ServerConnection, nick: str, text: str = "") -> None:
-    """One event to the room: encoded once per format, the plain-text sender excluded."""
+def publish(
+    room_name: str,
+    kind: str,
+    sender: ServerConnection | None,
+    nick: str = "",
+    text: str = "",
+    *,
+    changes: tuple[list[str], list[str]] = ([], []),
+) -> None:
+    """One event to the room: encoded once per format, the plain-text sender excluded;
+    ``changes``: a crowded room's notice's (joins, leaves)."""
     room = ROOMS[room_name]
     room.last_id += 1
     event: dict[str, object] = {
@@ -152,12 +178,56 @@ def publish(room_name: str, kind: str, sender: ServerConnection, nick: str, text
     if kind == "message":
         event.update(sender=nick, text=text)
         line = f"{nick}: {text}"
+    elif kind == "presence_diff":
+        event.update(joins=changes[0], leaves=changes[1])
+        parts = [
+            f"{len(nicks)} {verb}: {', '.join(nicks)}"
+            for nicks, verb in zip(changes, ("joined", "left"))
+            if nicks
+        ]
+        line = f"* {'; '.join(parts)}"
     else:
         event["nick"] = nick
         line = f"* {nick} {'joined' if kind == 'join' else 'left'}"
     members = list(room.members.items())  # a snapshot: never iterate what may change
     broadcast([ws for ws, m in members if m.json], dumps(event))
     broadcast([ws for ws, m in members if not m.json and ws is not sender], line)
+
+
+def crowd_of(room_name: str, room: Room) -> Crowd | None:
+    """The room's pending notice when it is crowded (made now, due in CROWD_INTERVAL,
+    if the room just is), else None."""
+    if room.crowd is None and len(room.members) >= crowd:
+        room.crowd = Crowd()
+        asyncio.get_running_loop().call_later(CROWD_INTERVAL, announce, room_name, room)
+    return room.crowd
+
+
+def announce(room_name: str, room: Room) -> None:
+    """A crowded room's joins and leaves since its last notice, in one event."""
+    pending, room.crowd = room.crowd, None
+    if pending and (pending.joins or pending.leaves) and ROOMS.get(room_name) is room:
+        publish(room_name, "presence_diff", None, changes=(pending.joins, pending.leaves))
+
+
+def crowd_greeting(room_name: str, room: Room, pending: Crowd, nick: str, is_json: bool) -> str:
+    """A newcomer's presence (or welcome line) in a crowded room: the room as of its
+    last notice (the newcomer's own join is in the next one)."""
+    if pending.nicks is None:
+        now = collections.Counter(m.nick for m in room.members.values())
+        now[nick] -= 1
+        now.update(pending.leaves)
+        now.subtract(pending.joins)
+        pending.nicks = sorted(now.elements())
+        pending.encoded = ",".join(dumps(n) for n in pending.nicks)
+    if is_json:
+        return (
+            f'{{"type":"presence","room":{dumps(room_name)},'
+            f'"members":[{pending.encoded}],"nick":{dumps(nick)}}}'
+        )
+    here = pending.nicks[:]
+    bisect.insort(here, nick)
+    return f"* you are {nick} in {room_name}; here: {', '.join(here)}"
 
 
 def presence(room_name: str, you: str | None = None) -> str:
@@ -203,13 +273,10 @@ async def chat(websocket: ServerConnection) -> None:
     is_json = websocket.subprotocol == "chat.json"
     room = ROOMS.setdefault(room_name, Room())
     room.members[websocket] = Member(nick, is_json)
+    joined = False
     try:
-        if is_json:
-            await websocket.send(presence(room_name, nick))
-        else:
-            here = ", ".join(sorted(m.nick for m in room.members.values()))
-            await websocket.send(f"* you are {nick} in {room_name}; here: {here}")
-        publish(room_name, "join", websocket, nick)
+        await greet(websocket, room_name, room, nick, is_json)
+        joined = True
         async for message in websocket:
             if isinstance(message, bytes):
                 if is_json:
@@ -233,10 +300,34 @@ async def chat(websocket: ServerConnection) -> None:
         pass
     finally:
         del room.members[websocket]
-        if room.members:
-            publish(room_name, "leave", websocket, nick)
-        else:
+        if not room.members:
             del ROOMS[room_name]
+        elif joined:  # (one that never said it joined does not leave)
+            pending = crowd_of(room_name, room)
+            if pending is not None:
+                pending.leaves.append(nick)
+            else:
+                publish(room_name, "leave", websocket, nick)
+
+
+async def greet(
+    websocket: ServerConnection, room_name: str, room: Room, nick: str, is_json: bool
+) -> None:
+    """The newcomer's presence (or welcome line), then its join: now, or in the next
+    notice of a crowded room."""
+    pending = crowd_of(room_name, room)
+    if pending is not None:
+        await websocket.send(crowd_greeting(room_name, room, pending, nick, is_json))
+    elif is_json:
+        await websocket.send(presence(room_name, nick))
+    else:
+        here = ", ".join(sorted(m.nick for m in room.members.values()))
+        await websocket.send(f"* you are {nick} in {room_name}; here: {here}")
+    pending = crowd_of(room_name, room)  # (a notice may have gone out meanwhile)
+    if pending is not None:
+        pending.joins.append(nick)
+    else:
+        publish(room_name, "join", websocket, nick)
 
 
 async def handler(websocket: ServerConnection) -> None:
@@ -275,8 +366,18 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--compress", action="store_true", help="offer permessage-deflate")
+    parser.add_argument(
+        "--crowd",
+        type=int,
+        default=crowd,
+        metavar="N",
+        help="from N members a room announces joins and leaves together, once a second",
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args()
+    if args.crowd < 1:
+        parser.error("--crowd: expected 1 or more members")
+    crowd = args.crowd
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -103,13 +103,14 @@ def plan(
     if quick:
         return Plan(
             True, 0.3, (100, 200), (10, 10), 100, 200, receivers, 100 if deflate else 0,
-            chat_sizes=((100, 10),), live=(100, 10), live_fill=200, chat_fill=200,
+            chat_sizes=((100, 10), (200, 10)), live=(100, 10), live_fill=200, chat_fill=200,
             publish=(20, 10, 40) if redis else (0, 0, 0),
             soak=(500, 50, 6.0) if soak else (0, 0, 0.0),
         )  # fmt: skip
     return Plan(
         False, 4.0, (1000, 5000), (200, 50), 2000, 5000, receivers,
-        1000 if deflate else 0, rounds=3, chat_sizes=((1000, 200),), live=(1000, 200),
+        1000 if deflate else 0, rounds=3, chat_sizes=((1000, 200), (5000, 50)),
+        live=(1000, 200),
         live_fill=10_000, chat_fill=10_000, publish=(100, 200, 2000) if redis else (0, 0, 0),
         soak=(10_000, 300, 90.0) if soak else (0, 0, 0.0),
     )  # fmt: skip
