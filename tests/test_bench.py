@@ -80,7 +80,7 @@ def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> 
     the asyncio version, the /live lines on tornws, the others on the rest."""
     _, stderr, data, _ = quick
     names = [w["name"] for w in data["workloads"]]
-    assert len(names) == 24
+    assert len(names) == 28
     fanout = [name for name in names if name.startswith("broadcast ")]
     assert fanout == [
         "broadcast 100 paced",
@@ -151,7 +151,7 @@ def test_bench_quick_runs_every_workload(quick: tuple[str, str, dict, Path]) -> 
             assert line["reached"] == (200 if name.startswith("chat.json") else 199)
     assert data["unfilled"] == {}
     # One progress line per workload, and one for --allocations.
-    assert stderr.count("] tornws: ") == 21 + 1
+    assert stderr.count("] tornws: ") == 25 + 1
     assert stderr.count("] floor: ") == 5 + 1
     assert stderr.count("] tornws+shared: ") == 3 + 1
 
