@@ -90,7 +90,7 @@ def plan(
     redis: bool = False,
     soak: bool = False,
 ) -> Plan:
-    """The full plan (under 15 minutes here) or the quick one (under a minute, for CI).
+    """The full plan (about 11 minutes here) or the quick one (under a minute, for CI).
 
     ``scale`` adds a paced broadcast to 10,000 receivers (500 with ``quick``), or to
     ``scale`` receivers when it is a number (``--scale N``), spread over source addresses
